@@ -1,0 +1,69 @@
+"""Whole-word masking as input corruption (SPEC §8): per segment, training only, seeded.
+
+For each row: words are drawn in random order and taken whole while the tokens taken stay within
+`round(fraction * tokens of the row's words)` (at least one word when the row has any); of the
+taken tokens, 80% become [MASK], 10% a random regular id, 10% stay. [CLS], [SEP] and padding
+(`word_index == -1`) are never touched. The original drew candidates over the whole document,
+which is wrong for every segment after the first; this works on the segment's own words.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def whole_word_mask(
+    input_ids: np.ndarray,
+    word_index: np.ndarray,
+    rng: np.random.Generator,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int] = (),
+    fraction: float = 0.15,
+) -> np.ndarray:
+    """New `input_ids` (B, N) with whole words corrupted; the inputs are not modified."""
+    input_ids = np.asarray(input_ids)
+    word_index = np.asarray(word_index)
+    if input_ids.shape != word_index.shape or input_ids.ndim != 2:
+        raise ValueError(f"input_ids {input_ids.shape} and word_index {word_index.shape} must be equal (B, N)")
+    out = input_ids.copy()
+    selected = select_whole_words(word_index, rng, fraction)
+    decision = rng.random(out.shape)
+    to_mask = selected & (decision < 0.8)
+    to_random = selected & (decision >= 0.8) & (decision < 0.9)
+    out[to_mask] = mask_id
+    n_random = int(to_random.sum())
+    if n_random:
+        out[to_random] = _random_regular_ids(rng, n_random, vocab_size, special_ids)
+    return out
+
+
+def select_whole_words(word_index: np.ndarray, rng: np.random.Generator, fraction: float = 0.15) -> np.ndarray:
+    """Bool (B, N): the tokens of the whole words chosen in each row (see the module docstring)."""
+    selected = np.zeros(word_index.shape, dtype=bool)
+    for b in range(word_index.shape[0]):
+        row = word_index[b]
+        real = row >= 0
+        if not real.any():
+            continue
+        counts = np.bincount(row[real])
+        words = np.nonzero(counts)[0]
+        target = max(1, int(round(fraction * counts.sum())))
+        order = words[rng.permutation(len(words))]
+        covered = np.cumsum(counts[order])
+        n_take = max(1, int(np.searchsorted(covered, target, side="right")))
+        chosen = np.zeros(counts.shape[0], dtype=bool)
+        chosen[order[:n_take]] = True
+        selected[b] = real & chosen[np.where(real, row, 0)]
+    return selected
+
+
+def _random_regular_ids(rng: np.random.Generator, n: int, vocab_size: int, special_ids: Sequence[int]) -> np.ndarray:
+    """Uniform ids from [0, vocab_size) without the special ids (drawn by index, then shifted past them)."""
+    specials = np.array(sorted({int(s) for s in special_ids if 0 <= s < vocab_size}), dtype=np.int64)
+    draws = rng.integers(0, vocab_size - len(specials), size=n)
+    # Map the k-th regular id to its value: shift past every special <= it (specials sorted).
+    for s in specials:
+        draws = draws + (draws >= s)
+    return draws.astype(np.int32)
