@@ -26,14 +26,21 @@ from sener_jax.data.readers import (
     write_jsonl,
 )
 from sener_jax.data.segment import Segment, segment_document, segment_documents, word_windows
+from sener_jax.data.synthetic import (
+    PRESETS as SYNTHETIC_PRESETS,
+    SYNTHETIC_LABELS,
+    generate_documents,
+    generate_splits,
+    write_synthetic_dataset,
+)
 from sener_jax.data.tokenizer import SyntheticTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "Batch", "BatchIterator", "DataIssue", "Document", "DocumentList", "Entity", "MaskingConfig",
-    "Segment", "SyntheticTokenizer", "Tokenizer", "band_labels", "bucket_for", "collate",
-    "default_buckets", "document_from_text", "document_to_chars_record", "is_representable",
+    "SYNTHETIC_LABELS", "SYNTHETIC_PRESETS", "Segment", "SyntheticTokenizer", "Tokenizer", "band_labels", "bucket_for", "collate",
+    "default_buckets", "document_from_text", "generate_documents", "generate_splits", "document_to_chars_record", "is_representable",
     "label_set", "length_buckets", "load_tokenizer", "make_batches", "merge_documents",
     "merge_segments", "read_documents", "segment_document", "segment_documents",
     "select_whole_words", "spans_from_band", "split_words", "whole_word_mask", "word_span_to_chars",
-    "word_windows", "write_jsonl",
+    "word_windows", "write_jsonl", "write_synthetic_dataset",
 ]
