@@ -1,0 +1,288 @@
+"""Checkpoint conversion: Hugging Face DeBERTa-v2/v3 weights -> `DebertaEncoder` params, and an
+Orbax export of converted params with a matching loader.
+
+    python -m sener_jax.convert HF_DIR_OR_HUB_NAME OUT_DIR
+
+writes OUT_DIR/encoder_config.json and OUT_DIR/params (Orbax); `load_encoder(OUT_DIR)` reads
+them back. The small helpers (state-dict readers, key mapping, shape checking) are meant to be
+reused by other checkpoint formats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Mapping
+
+import jax
+import numpy as np
+
+from sener_jax.models.deberta import EncoderConfig, init_encoder_params
+
+CONFIG_FILE = "encoder_config.json"
+PARAMS_DIR = "params"
+ENCODER_PREFIX = "deberta."
+# Buffers, not parameters, that some checkpoints carry.
+IGNORED_BUFFERS = ("embeddings.position_ids",)
+
+# ---------------------------------------------------------------------------------------------
+# Reading state dicts (name -> float32 numpy array, PyTorch layout)
+# ---------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as float32/int numpy arrays (bfloat16 included)."""
+    raw = pathlib.Path(path).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8 : 8 + header_len])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a safetensors file ({error})") from error
+    data = memoryview(raw)[8 + header_len :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        chunk = data[start:end]
+        if info["dtype"] == "BF16":
+            array = (np.frombuffer(chunk, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif info["dtype"] in _SAFETENSORS_DTYPES:
+            array = np.frombuffer(chunk, _SAFETENSORS_DTYPES[info["dtype"]])
+        else:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        tensors[name] = array.reshape(info["shape"]).copy()
+    return tensors
+
+
+def read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"{path}: reading pytorch_model.bin needs torch (or convert it to safetensors)") from error
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {name: tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
+            for name, tensor in state.items()}
+
+
+def read_hf_state_dict(model_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """The weights of a Hugging Face model directory: model.safetensors, pytorch_model.bin, or
+    their sharded forms (*.index.json)."""
+    model_dir = pathlib.Path(model_dir)
+    candidates = [
+        ("model.safetensors", read_safetensors),
+        ("model.safetensors.index.json", read_safetensors),
+        ("pytorch_model.bin", read_torch_bin),
+        ("pytorch_model.bin.index.json", read_torch_bin),
+    ]
+    for file_name, reader in candidates:
+        path = model_dir / file_name
+        if not path.is_file():
+            continue
+        if file_name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(reader(model_dir / shard))
+            return state
+        return reader(path)
+    raise FileNotFoundError(
+        f"{model_dir}: no weights found; expected one of {[name for name, _ in candidates]}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Key mapping and checking (reusable for other checkpoint formats)
+# ---------------------------------------------------------------------------------------------
+
+
+def flax_path_to_hf_key(path: tuple[str, ...]) -> tuple[str, bool]:
+    """(Hugging Face key, whether the array is transposed) for a Flax param path.
+
+    layer_<n> -> layer.<n>; LayerNorm scale -> weight; Embed embedding -> weight; Dense kernel
+    (in, out) -> Linear weight (out, in), transposed.
+    """
+    parts: list[str] = []
+    for part in path[:-1]:
+        if part.startswith("layer_") and part[len("layer_"):].isdigit():
+            parts += ["layer", part[len("layer_"):]]
+        else:
+            parts.append(part)
+    leaf = path[-1]
+    transpose = False
+    if leaf in ("scale", "embedding"):
+        leaf = "weight"
+    elif leaf == "kernel":
+        leaf, transpose = "weight", True
+    return ".".join(parts + [leaf]), transpose
+
+
+def flatten_params(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    flat = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix + (name,)))
+        else:
+            flat[prefix + (name,)] = value
+    return flat
+
+
+def unflatten_params(flat: Mapping[tuple[str, ...], object]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def expected_param_shapes(config: EncoderConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flat {Flax path: shape} of a `DebertaEncoder(config)` (abstract init, nothing allocated)."""
+    shapes = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
+    return {path: tuple(leaf.shape) for path, leaf in flatten_params(shapes).items()}
+
+
+def split_encoder_state(state: Mapping[str, np.ndarray], prefix: str = ENCODER_PREFIX):
+    """(encoder weights without `prefix`, names left aside).
+
+    With prefixed keys (task models such as DebertaV2ForMaskedLM), keys outside the prefix
+    belong to task heads and are left aside; without any, every key must be an encoder key.
+    """
+    if any(name.startswith(prefix) for name in state):
+        encoder = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
+        aside = sorted(name for name in state if not name.startswith(prefix))
+        return encoder, aside
+    return dict(state), []
+
+
+def assign_params(
+    expected: Mapping[tuple[str, ...], tuple[int, ...]],
+    state: Mapping[str, np.ndarray],
+    key_for: Callable[[tuple[str, ...]], tuple[str, bool]],
+    *,
+    ignore: Callable[[str], bool] = lambda name: False,
+    source: str = "checkpoint",
+) -> dict:
+    """Fill every expected Flax path from `state` through `key_for`, checking shapes.
+
+    Raises one ValueError listing every missing key, unexpected key and shape mismatch by name.
+    """
+    flat, used, problems = {}, set(), []
+    for path, shape in expected.items():
+        key, transpose = key_for(path)
+        if key not in state:
+            problems.append(f"missing key {key!r} (for {'/'.join(path)}, shape {shape})")
+            continue
+        used.add(key)
+        array = np.asarray(state[key])
+        if transpose:
+            array = array.T
+        if tuple(array.shape) != tuple(shape):
+            stored = tuple(np.asarray(state[key]).shape)
+            wanted = tuple(reversed(shape)) if transpose else tuple(shape)
+            problems.append(f"key {key!r} has shape {stored}, expected {wanted} from the config")
+            continue
+        flat[path] = np.ascontiguousarray(array, dtype=np.float32)
+    for key in sorted(set(state) - used):
+        if not ignore(key):
+            problems.append(f"unexpected key {key!r} (shape {tuple(np.asarray(state[key]).shape)})")
+    if problems:
+        raise ValueError(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return unflatten_params(flat)
+
+
+def hf_state_to_params(state: Mapping[str, np.ndarray], config: EncoderConfig, source: str = "checkpoint") -> dict:
+    """Map a Hugging Face DeBERTa-v2 state dict (with or without `deberta.`) onto encoder params."""
+    encoder_state, _task_heads = split_encoder_state(state)
+
+    def ignore(name: str) -> bool:
+        # transformers itself drops these on load (_keys_to_ignore_on_load_unexpected).
+        if name in IGNORED_BUFFERS:
+            return True
+        return name == "embeddings.position_embeddings.weight" and not config.position_biased_input
+
+    return assign_params(expected_param_shapes(config), encoder_state, flax_path_to_hf_key, ignore=ignore, source=source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
+    """A local directory as is; otherwise a Hugging Face Hub name, downloaded via huggingface_hub."""
+    path = pathlib.Path(name_or_path)
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"{text}: not a model directory")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"]
+    return pathlib.Path(snapshot_download(repo_id=text, allow_patterns=patterns))
+
+
+def load_hf_deberta(path: str | pathlib.Path, **config_overrides) -> tuple[EncoderConfig, dict]:
+    """(EncoderConfig, params) from a Hugging Face DeBERTa-v2/v3 directory or hub name.
+
+    `config_overrides` set SeNER fields (attention, window, ...) but not the weight geometry.
+    LoRA leaves are never in a Hugging Face checkpoint: load with lora_rank=0 and add adapters after.
+    """
+    model_dir = resolve_model_dir(path)
+    config = EncoderConfig.from_hf_config(model_dir, **config_overrides)
+    if config.lora_rank:
+        raise ValueError("load_hf_deberta: lora_rank must be 0 (a Hugging Face checkpoint has no LoRA weights)")
+    return config, hf_state_to_params(read_hf_state_dict(model_dir), config, source=str(model_dir))
+
+
+def save_encoder(out_dir: str | pathlib.Path, config: EncoderConfig, params: Mapping) -> pathlib.Path:
+    """Write OUT_DIR/encoder_config.json and OUT_DIR/params (an Orbax checkpoint)."""
+    import orbax.checkpoint as ocp
+
+    out_dir = pathlib.Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / PARAMS_DIR).exists():
+        raise FileExistsError(f"{out_dir / PARAMS_DIR} already exists; choose an empty output directory")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(out_dir / PARAMS_DIR, jax.tree.map(np.asarray, dict(params)))
+    checkpointer.wait_until_finished()
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def load_encoder(out_dir: str | pathlib.Path) -> tuple[EncoderConfig, dict]:
+    """(EncoderConfig, params) written by `save_encoder` / `python -m sener_jax.convert`."""
+    import orbax.checkpoint as ocp
+
+    out_dir = pathlib.Path(out_dir).resolve()
+    config_path = out_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing (not an exported encoder directory)")
+    config = EncoderConfig.from_dict(json.loads(config_path.read_text()))
+    target = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
+    params = ocp.StandardCheckpointer().restore(out_dir / PARAMS_DIR, target)
+    return config, params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="Hugging Face model directory or hub name (e.g. microsoft/deberta-v3-large)")
+    parser.add_argument("out_dir", help="output directory (encoder_config.json + Orbax params)")
+    args = parser.parse_args(argv)
+    config, params = load_hf_deberta(args.source)
+    out = save_encoder(args.out_dir, config, params)
+    count = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+    print(f"wrote {out} ({count:,} parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
