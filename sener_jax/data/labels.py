@@ -65,5 +65,8 @@ def band_labels(
 def spans_from_band(labels: np.ndarray, window: int) -> list[tuple[int, int, int]]:
     """Sorted `(start, end_exclusive, type_id)` of the set cells of the upper half (k >= window)."""
     labels = np.asarray(labels)
-    rows, ks, types = np.nonzero(labels[:, window:, :])
+    # nonzero over the whole contiguous array is much faster than over the strided upper half.
+    rows, ks, types = np.nonzero(labels)
+    upper = ks >= window
+    rows, ks, types = rows[upper], ks[upper] - window, types[upper]
     return sorted(zip(rows.tolist(), (rows + ks + 1).tolist(), types.tolist()))
