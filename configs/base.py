@@ -1,0 +1,192 @@
+"""Shared defaults for every config: the paper's training recipe (SPEC section 8).
+
+A config file `configs/<name>.py` defines `get_config(arg=None)`; `arg` is what follows the colon
+in `--config=configs/<name>.py:<arg>` (e.g. `tiny`). Any value can be overridden on the command
+line, e.g. `--config.train.lr_head=1e-3`; an unknown key is an error (ml_collections refuses it).
+"""
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+# Hugging Face `microsoft/deberta-v3-large` config.json, in EncoderConfig field names.
+DEBERTA_V3_LARGE = dict(
+    vocab_size=128100,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    layer_norm_eps=1e-7,
+    relative_attention=True,
+    max_relative_positions=-1,
+    position_buckets=256,
+    pos_att_type=("p2c", "c2p"),
+    share_att_key=True,
+    norm_rel_ebd="layer_norm",
+    position_biased_input=False,
+    max_position_embeddings=512,
+    type_vocab_size=0,
+    pad_token_id=0,
+)
+
+# SeNER's choices on top of the backbone (EncoderConfig fields that HF configs do not have).
+SENER_ENCODER = dict(
+    attention="arrow",
+    attention_impl="xla",
+    window=128,
+    logn=True,
+    logn_length="tokens",
+    lora_rank=8,
+    lora_alpha=16.0,
+    dtype="float32",
+    remat=False,
+)
+
+# Tiny geometry for tests and the demo (random weights).
+TINY_ENCODER = dict(
+    DEBERTA_V3_LARGE,
+    vocab_size=0,  # 0: take the tokenizer's vocabulary size
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    position_buckets=32,
+    max_relative_positions=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
+def shared_path(*parts: str) -> str:
+    """A path under ../shared/data when it exists, else '' (the user must set it)."""
+    path = SHARED_DATA.joinpath(*parts)
+    return str(path) if path.exists() else ""
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 2288  # the paper's seeds: 2288, 3618, 4937
+
+    config.model = ml_collections.ConfigDict()
+    # Pretrained encoder: a Hugging Face name or directory (converted on the fly) or an Orbax
+    # checkpoint written by sener_jax.convert. Empty: random initialisation (logged loudly).
+    config.model.pretrained = ""
+    config.model.encoder = ml_collections.ConfigDict(dict(DEBERTA_V3_LARGE, **SENER_ENCODER))
+    config.model.head = ml_collections.ConfigDict(
+        dict(
+            window=128,
+            biaffine_dim=100,
+            channels=32,
+            num_blocks=2,
+            impl="band",
+            bispa_alignment="original",
+            use_bispa=True,
+            mlp_dropout=0.4,
+            bispa_dropout=0.2,
+            row_chunk=128,
+        )
+    )
+    # Subword -> word max-pooling: "segment" (scatter-max, O(N)) or "dense" (the (L, N) reference).
+    config.model.pool_impl = "segment"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = ""
+    config.data.format = "auto"
+    config.data.train_path = ""
+    config.data.dev_path = ""
+    config.data.test_path = ""
+    # One file split by document order into train/dev/test (used when train_path is empty).
+    config.data.single_file = ""
+    config.data.split_fractions = (0.8, 0.1, 0.1)
+    config.data.tokenizer = shared_path("deberta-v3-tokenizer") or "microsoft/deberta-v3-large"
+    config.data.max_tokens = 5120
+    config.data.overlap_words = 128
+    # Padded lengths: base * 2**k up to max_tokens (one compiled program per bucket pair).
+    config.data.token_bucket_base = 128
+    config.data.word_bucket_base = 32
+    config.data.max_train_docs = 0  # 0: all
+    config.data.max_eval_docs = 0
+    config.data.mask_probability = 0.15  # whole-word masking (training only)
+    config.data.synthetic = ml_collections.ConfigDict({"enabled": False})
+
+    config.train = ml_collections.ConfigDict()
+    config.train.finetune = "lora"  # "lora" | "full" | "head"
+    config.train.lr_head = 7e-4
+    config.train.lr_lora = 3e-4
+    config.train.lr_encoder = 2e-5
+    config.train.batch_size = 16  # global, over all devices
+    config.train.grad_accum_steps = 1
+    config.train.num_epochs = 30
+    config.train.max_steps = 0  # 0: num_epochs decides; > 0 stops after that many micro-steps
+    config.train.patience = 10  # epochs without dev-F1 improvement before stopping
+    config.train.grad_clip_norm = 1.0
+    config.train.weight_decay = 0.01
+    config.train.warmup_fraction = 0.1
+    config.train.adam_b1 = 0.9
+    config.train.adam_b2 = 0.999
+    config.train.adam_eps = 1e-8
+    config.train.log_every_steps = 10
+    config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
+    config.train.eval_every_epochs = 1
+    config.train.export = True  # write WORKDIR/export from the best checkpoint at the end
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.threshold = 0.5
+    config.eval.batch_size = 16
+    config.eval.splits = ("dev", "test")
+
+    config.predict = ml_collections.ConfigDict()
+    config.predict.export_dir = ""  # default: WORKDIR/export
+    config.predict.input = ""  # JSON lines with "text" (and optional "id")
+    config.predict.output = ""  # default: WORKDIR/predictions.jsonl
+    config.predict.batch_size = 8
+    return config
+
+
+def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a dataset config to a few seconds of CPU: tiny encoder, few docs, few steps."""
+    config.model.encoder.update(TINY_ENCODER)
+    config.model.encoder.window = 16
+    config.model.encoder.lora_rank = 4
+    config.model.pretrained = ""
+    config.model.head.update(dict(window=8, biaffine_dim=16, channels=8, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0))
+    config.data.max_tokens = 96
+    config.data.overlap_words = 8
+    config.data.token_bucket_base = 32
+    config.data.max_train_docs = 2
+    config.data.max_eval_docs = 2
+    config.train.batch_size = 8
+    config.train.num_epochs = 1
+    config.train.max_steps = 2
+    config.train.log_every_steps = 1
+    config.eval.batch_size = 8
+    config.eval.splits = ("dev",)
+    return config
+
+
+def paper_config(name: str, lr_lora: float, max_tokens: int, arg, **data_fields) -> ml_collections.ConfigDict:
+    """A dataset config with the paper's recipe; `arg == "tiny"` gives the test variant.
+
+    The tiny variant trains on the dev file when no train file is configured (the shared folder
+    holds only dev splits for Scholar-XL and Profiling-07).
+    """
+    config = get_base_config()
+    config.data.name = name
+    config.data.update(data_fields)
+    config.data.max_tokens = max_tokens
+    config.model.pretrained = "microsoft/deberta-v3-large"
+    config.train.lr_lora = lr_lora
+    if arg == "tiny":
+        make_tiny(config)
+        if not config.data.train_path and not config.data.single_file:
+            config.data.train_path = config.data.dev_path
+    elif arg:
+        raise ValueError(f"configs/{name}.py: unknown variant {arg!r} (expected nothing or 'tiny')")
+    return config
