@@ -82,7 +82,7 @@ def test_batches_hold_every_segment_once_with_exact_arrays(setup):
         assert batch.row_valid.tolist() == [s is not None for s in batch.segments]
     assert sorted(seen) == sorted(id(s) for s in segments)
     # make_batches is the same unshuffled pass.
-    again = make_batches(segments, 4, 0, token_buckets, word_buckets, WINDOW, LABEL_TO_ID)
+    again = make_batches(segments, 4, 0, token_buckets, word_buckets, window=WINDOW, label_to_id=LABEL_TO_ID)
     assert [[id(s) for s in b.segments] for b in again] == [[id(s) for s in b.segments] for b in batches]
 
 

@@ -259,21 +259,14 @@ class BatchIterator:
         return batch
 
 
-def make_batches(
-    segments: Sequence[Segment],
-    batch_size: int,
-    pad_id: int,
-    token_buckets: Sequence[int],
-    word_buckets: Sequence[int],
-    window: int | None = None,
-    label_to_id: Mapping[str, int] | None = None,
-    num_types: int | None = None,
-) -> list[Batch]:
-    """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order)."""
-    return list(
-        BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets, window=window,
-                      label_to_id=label_to_id, num_types=num_types, shuffle=False, num_epochs=1)
-    )
+def make_batches(segments: Sequence[Segment], batch_size: int, pad_id: int, token_buckets: Sequence[int],
+                 word_buckets: Sequence[int], **labelling) -> list[Batch]:
+    """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order).
+
+    `labelling`: `window`, `label_to_id`, `num_types` as for `BatchIterator` (omit for unlabelled input).
+    """
+    return list(BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets,
+                              shuffle=False, num_epochs=1, **labelling))
 
 
 def default_buckets(segments: Sequence[Segment], token_base: int = 128, word_base: int = 32

@@ -152,46 +152,39 @@ def _check_span(start: Any, end: Any, limit: int, unit: str) -> str | None:
     return None
 
 
-def _parse_paper(record: dict, line_no: int, report: Callable[[str, str], None]) -> Document:
-    words = _word_list(record, "text")
+def _parse_word_format(
+    record: dict, line_no: int, report: Callable[[str, str], None], words_key: str, entities_key: str
+) -> Document:
+    """Paper (`text`/`entity`: [start, end, [words], label]) or SciREX (`words`/`ner`: [start, end, type])."""
+    words = _word_list(record, words_key)
     doc_id = _doc_id(record, ("doc_id", "id"), line_no)
+    with_words = entities_key == "entity"
+    expected = "[start, end, [words], label]" if with_words else "[start, end_exclusive, type]"
     entities = []
-    for n, item in enumerate(_entity_list(record, "entity")):
-        field = f"entity[{n}]"
-        if not isinstance(item, list) or len(item) != 4:
-            report(field, "expected [start, end, [words], label]")
+    for n, item in enumerate(_entity_list(record, entities_key)):
+        field = f"{entities_key}[{n}]"
+        if not isinstance(item, list) or len(item) != (4 if with_words else 3):
+            report(field, f"expected {expected}")
             continue
-        start, end, surface, label = item
+        start, end, label = item[0], item[1], item[-1]
         problem = _check_span(start, end, len(words), "words")
         if problem is None and not isinstance(label, str):
             problem = f"label must be a string, got {label!r}"
-        if problem is None and surface != words[start:end]:
-            problem = f"stated words {surface!r} do not match the text's words {words[start:end]!r}"
+        if problem is None and with_words and item[2] != words[start:end]:
+            problem = f"stated words {item[2]!r} do not match the text's words {words[start:end]!r}"
         if problem:
             report(field, problem)
             continue
         entities.append(Entity(start, end, label))
     return Document(doc_id, words, entities)
+
+
+def _parse_paper(record: dict, line_no: int, report: Callable[[str, str], None]) -> Document:
+    return _parse_word_format(record, line_no, report, "text", "entity")
 
 
 def _parse_scirex(record: dict, line_no: int, report: Callable[[str, str], None]) -> Document:
-    words = _word_list(record, "words")
-    doc_id = _doc_id(record, ("doc_id", "id"), line_no)
-    entities = []
-    for n, item in enumerate(_entity_list(record, "ner")):
-        field = f"ner[{n}]"
-        if not isinstance(item, list) or len(item) != 3:
-            report(field, "expected [start, end_exclusive, type]")
-            continue
-        start, end, label = item
-        problem = _check_span(start, end, len(words), "words")
-        if problem is None and not isinstance(label, str):
-            problem = f"type must be a string, got {label!r}"
-        if problem:
-            report(field, problem)
-            continue
-        entities.append(Entity(start, end, label))
-    return Document(doc_id, words, entities)
+    return _parse_word_format(record, line_no, report, "words", "ner")
 
 
 def _parse_chars(record: dict, line_no: int, report: Callable[[str, str], None]) -> Document:
