@@ -80,9 +80,10 @@ THESIS_FILLER = (
     "thesis dissertation on about methods models analysis of the a and for in with under "
     "supervision new efficient structured robust theory practice".split()
 )
+SENTENCE_STARTERS = ("We", "Our", "The", "This", "Each", "Many")
 CUE_WORDS = (
-    "Dr. Prof. Email Phone Since My research interests include joined in as at is a an , . : - ( ) + @ "
-    "edu org com He She received was awarded The".split()
+    "Dr. Prof. Email Phone My research interests include joined in as at is a an , . : - ( ) + @ "
+    "edu org com He She The group works with".split()
 )
 
 
@@ -97,6 +98,7 @@ def lexicon_words() -> list[str]:
     pieces += list(AWARD_ADJECTIVES) + list(AWARD_NOUNS) + MONTHS + list(YEARS)
     pieces += list(HEADINGS.values()) + list(FILLER_HEADINGS)
     pieces += list(FILLER_WORDS) + list(WORK_FILLER) + list(THESIS_FILLER) + list(CUE_WORDS)
+    pieces += list(SENTENCE_STARTERS)
     words: dict[str, None] = {}
     for piece in pieces:
         for word in split_words(piece.replace("{p}", ""))[0]:

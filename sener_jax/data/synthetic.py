@@ -53,7 +53,6 @@ PRESETS = {
 }
 SPLIT_OFFSETS = {"train": 0, "dev": 1, "test": 2}
 _WORD = re.compile(r"\w+|[^\w\s]")
-_SENTENCE_STARTERS = ("We", "Our", "The", "This", "Each", "Many")
 
 
 class _TextBuilder:
@@ -111,7 +110,7 @@ class _Homepage:
 
     def filler_sentence(self, words=lx.FILLER_WORDS, low: int = 5, high: int = 14) -> str:
         body = " ".join(self.rng.choice(words) for _ in range(self.rng.randint(low, high)))
-        return f"{self.rng.choice(_SENTENCE_STARTERS)} {body}."
+        return f"{self.rng.choice(lx.SENTENCE_STARTERS)} {body}."
 
     def fill_block(self, words, target: int, start_count: int) -> None:
         """Filler sentences until the block has `target` to `target + 2` words (ending with '.')."""
