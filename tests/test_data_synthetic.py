@@ -116,3 +116,12 @@ def test_coverage_cli_on_synthetic_files(tmp_path, capsys):
     c = cov.coverage(docs, load_tokenizer("synthetic"), 16, 64, 20)
     assert c["ALL"]["longer_than_window"] == sum(e.length > 17 for d in docs for e in d.entities) > 0
     assert c["ALL"]["crosses_cut"] == 0  # every entity <= 17 words < overlap 20
+
+
+def test_write_synthetic_command_line(tmp_path, capsys):
+    from sener_jax.data import write_synthetic
+
+    write_synthetic.main([str(tmp_path), "--preset", "tiny", "--seed", "2"])
+    assert "train" in capsys.readouterr().out
+    docs = read_documents(tmp_path / "dev.jsonl")
+    assert [d.text for d in docs] == [d.text for d in generate_documents(4, 2, "tiny", "dev")]

@@ -274,14 +274,3 @@ def write_synthetic_dataset(directory: str | os.PathLike, seed: int = 0, preset:
         paths[split] = path
     return paths
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Write the synthetic homepage NER dataset (character-offset JSON lines).")
-    parser.add_argument("directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    args = parser.parse_args()
-    for split_name, written in write_synthetic_dataset(args.directory, args.seed, args.preset).items():
-        print(split_name, written)
