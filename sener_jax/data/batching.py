@@ -96,9 +96,8 @@ def collate(
         word_index[b, :t] = seg.token_word
         word_mask[b, :w] = True
         if with_labels:
-            labels[b, :w] = band_labels(
-                seg.entities, w, window, label_to_id, num_types=num_types, skip_unrepresentable=True
-            )
+            band_labels(seg.entities, w, window, label_to_id, num_types=num_types,
+                        skip_unrepresentable=True, out=labels[b, :w])
     arrays = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

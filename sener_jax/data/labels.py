@@ -32,17 +32,23 @@ def band_labels(
     label_to_id: Mapping[str, int],
     num_types: int | None = None,
     skip_unrepresentable: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bool labels `(n_words, 2*window+1, num_types)` for `(start, end_exclusive, label)` entities.
 
     Entities are in segment-local word indices and must lie inside `[0, n_words)`. An entity
     longer than `window + 1` words cannot be represented: a ValueError, unless
     `skip_unrepresentable` (the caller then accounts for it; see `coverage`). Integer labels are
-    taken as type ids.
+    taken as type ids. `out`: a zeroed array of that shape (any dtype, e.g. a uint8 batch slice)
+    to fill in place instead of allocating one.
     """
     if num_types is None:
         num_types = max(label_to_id.values(), default=-1) + 1
-    out = np.zeros((n_words, 2 * window + 1, num_types), dtype=bool)
+    shape = (n_words, 2 * window + 1, num_types)
+    if out is None:
+        out = np.zeros(shape, dtype=bool)
+    elif out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
     for entity in entities:
         start, end, label = entity[0], entity[1], entity[2]
         if not 0 <= start < end <= n_words:
