@@ -193,6 +193,11 @@ def test_band_labels_layout_and_errors():
     assert not band_labels([(0, 5, "a")], 5, 3, {"a": 0}, skip_unrepresentable=True).any()
     with pytest.raises(ValueError, match="not inside"):
         band_labels([(3, 6, "a")], 5, 3, {"a": 0})
+    filled = np.zeros((5, 7, 2), np.uint8)
+    band_labels([Entity(1, 4, "a"), (2, 3, "b"), (0, 1, 1)], 5, 3, {"a": 0, "b": 1}, out=filled)
+    assert (filled == labels).all() and filled.dtype == np.uint8
+    with pytest.raises(ValueError, match="out has shape"):
+        band_labels([], 5, 3, {"a": 0}, out=np.zeros((5, 7, 2), bool))
     with pytest.raises(ValueError, match="not in the label set"):
         band_labels([(0, 1, "c")], 5, 3, {"a": 0})
 
