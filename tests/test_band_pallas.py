@@ -136,6 +136,32 @@ def test_lowers_for_the_gpu_triton_backend():
     assert text.count("__gpu$xla.gpu.triton") == 3
 
 
+def test_forward_backward_memory_is_linear_in_length():
+    """Compiled temp memory of forward+backward doubles (not quadruples) with N; far below N x N."""
+    batch, heads, head_dim, window = 1, 2, 16, 32
+
+    def temp_bytes(n):
+        def spec(*shape, dtype=jnp.float32):
+            return jax.ShapeDtypeStruct(shape, dtype)
+
+        def loss(q, k, v, bias, key_mask, global_logit, global_value):
+            out = banded_attention_pallas(
+                q, k, v, bias, key_mask, window=window, global_logit=global_logit, global_value=global_value
+            )
+            return jnp.sum(out)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 5, 6)))
+        qkv = spec(batch, heads, n, head_dim)
+        args = (qkv, qkv, qkv, spec(batch, heads, n, 2 * window + 1), spec(batch, n, dtype=jnp.bool_),
+                spec(batch, heads, n), spec(batch, heads, head_dim))
+        return grad.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(4096), temp_bytes(8192)
+    assert large <= 2.2 * small, f"temp bytes {small} -> {large} when doubling N"
+    dense_probabilities = batch * heads * 8192 * 8192 * 4
+    assert large < dense_probabilities / 4, f"{large} bytes is not far below one N x N matrix ({dense_probabilities})"
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
