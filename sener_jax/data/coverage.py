@@ -93,8 +93,7 @@ def _inside_one_segment(doc: Document, token_counts: list[int], budget: int, ove
         first_token = np.concatenate([[0], np.cumsum(token_counts)])
         return list(first_token[starts] // budget == (first_token[ends] - 1) // budget)
     windows = np.array(word_windows(token_counts, budget, overlap))
-    # Entity [s, e) is inside window [a, b) iff a <= s and e <= b; window starts are increasing,
-    # so check the last window starting at or before s and every later one that starts <= s.
+    # Entity [s, e) is inside window [a, b) iff a <= s and e <= b (a few windows per document).
     inside = np.zeros(len(starts), dtype=bool)
     for a, b in windows:
         inside |= (a <= starts) & (ends <= b)
