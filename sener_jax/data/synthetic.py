@@ -131,7 +131,8 @@ class _Homepage:
         b.write("\nEmail: ")
         b.labelled("email", f"{self.first.lower()}.{self.last.lower()}@{domain}.{rng.choice(('edu', 'org', 'com'))}")
         b.write("\nPhone: ")
-        b.labelled("phone", f"+{rng.randint(1, 49)} ({rng.randint(100, 999)}) {rng.randint(100, 999)}-{rng.randint(1000, 9999)}")
+        # No year-like number (1980..2024) inside a phone number: those are always dates.
+        b.labelled("phone", f"+{rng.randint(1, 49)} ({rng.randint(100, 999)}) {rng.randint(100, 999)}-{rng.randint(3000, 9999)}")
         b.write("\n\n")
 
     def biography(self) -> None:
