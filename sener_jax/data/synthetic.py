@@ -132,7 +132,8 @@ class _Homepage:
         b.labelled("email", f"{self.first.lower()}.{self.last.lower()}@{domain}.{rng.choice(('edu', 'org', 'com'))}")
         b.write("\nPhone: ")
         # No year-like number (1980..2024) inside a phone number: those are always dates.
-        b.labelled("phone", f"+{rng.randint(1, 49)} ({rng.randint(100, 999)}) {rng.randint(100, 999)}-{rng.randint(3000, 9999)}")
+        area, prefix, line = rng.randint(100, 999), rng.randint(100, 999), rng.randint(3000, 9999)
+        b.labelled("phone", f"+{rng.randint(1, 49)} ({area}) {prefix}-{line}")
         b.write("\n\n")
 
     def biography(self) -> None:
