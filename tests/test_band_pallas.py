@@ -96,6 +96,25 @@ def test_rows_without_keys_are_zero_and_global_only_rows_get_global_value():
     np.testing.assert_allclose(out, jnp.broadcast_to(global_value[:, :, None, :], out.shape), atol=1e-6)
 
 
+def test_bfloat16_inputs_with_float32_bias_as_the_encoder_passes_them():
+    """bf16 q/k/v/global value (f32 bias and global logit): output and grads keep their dtypes and
+    stay close to the float32 reference (bf16 rounding of inputs and probabilities only)."""
+    q, k, v, bias, key_mask, global_logit, global_value = make_inputs(21, 1, 2, 40, 16, 6, True)
+    low = [x.astype(jnp.bfloat16) for x in (q, k, v, global_value)]
+    out, grads = linear_functional_grads(
+        banded_attention_pallas, (low[0], low[1], low[2], bias, key_mask, global_logit, low[3]), 6, seed=21
+    )
+    ref_out, ref_grads = linear_functional_grads(
+        banded_attention_reference,
+        (*(x.astype(jnp.float32) for x in low[:3]), bias, key_mask, global_logit, low[3].astype(jnp.float32)), 6, seed=21,
+    )
+    assert out.dtype == jnp.bfloat16 and grads["q"].dtype == jnp.bfloat16 and grads["bias"].dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref_out))) <= 3e-2
+    for name, ref_grad in ref_grads.items():
+        error = float(jnp.max(jnp.abs(grads[name].astype(jnp.float32) - ref_grad)))
+        assert error <= 3e-2 * float(jnp.max(jnp.abs(ref_grad))), f"d{name}: {error}"
+
+
 def test_runs_under_shard_map_with_batch_sharded():
     devices = np.array(jax.devices()[:8])
     assert devices.size == 8, "tests/conftest.py should provide 8 fake CPU devices"
