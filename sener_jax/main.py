@@ -28,7 +28,9 @@ def main(argv):
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    logging.getLogger().setLevel(logging.INFO)
+    # Our progress at INFO; libraries (Orbax logs every file it writes) stay at WARNING.
+    logging.getLogger("sener_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
     # Imported here so that `--mode=config` and `--help` stay fast.
     from sener_jax import train
 

@@ -304,7 +304,7 @@ def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransfor
             "opt_state": opt_state,
             "rng": state["rng"],
         }
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=(0,))
 
