@@ -1,0 +1,433 @@
+"""SeNER span head: banded biaffine scores refined by BiSPA blocks (SPEC §3-4).
+
+Input: word vectors (B, L, d) and a word mask (B, L). Output: logits (B, L, K, R) in band layout,
+K = 2w'+1, where X[i, k] scores the span (i, j = i + k - w'); k < w' is the lower triangle
+(start > end), k >= w' the diagonal and upper triangle. Invalid cells (j outside [0, L) or a
+padding word at either end) hold `INVALID_LOGIT`.
+
+Two implementations with the same parameter tree (`SpanHeadConfig.impl`):
+
+- "band" (default): everything is computed directly on the (L, K) band; the per-row attention
+  maps (K x K per row, ~1 GB per block and direction at L = 4096 in fp32) are only ever built for
+  `row_chunk` rows at a time, inside `jax.checkpoint`, so forward + backward memory is O(L*K*c).
+- "dense": the plain reference. Builds S (L, L, c) literally and does every step in (i, j)
+  coordinates with masks (row attention over j, column attention over i, the sheared 3x3
+  neighbourhood of the band convolution written in (i, j)), then reads the band out.
+  O(L^2 c) memory and O(L^3 c) time: for tests and benchmarks only.
+
+Parameter names follow the authors' PyTorch modules (so their checkpoints can be converted):
+head_mlp, tail_mlp, U (c, 101, 101), W (c, 202), cross_layers_{n} {pos_embed, h_qkv, v_qkv,
+dense, LayerNorm, conv1, conv2, LayerNorm2}, down_fc.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Logit written into invalid band cells: sigmoid gives exactly 0, and it is finite in bf16/fp32.
+INVALID_LOGIT = -1e9
+# LayerNorm epsilon inside BiSPA blocks (PyTorch default).
+BISPA_LN_EPS = 1e-5
+
+_IMPLS = ("band", "dense")
+_ALIGNMENTS = ("original", "plus")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpanHeadConfig:
+    """Span head hyper-parameters. `num_types` (R) is required; everything else has SeNER's default."""
+
+    num_types: int
+    window: int = 128  # w': spans with |j - i| <= w' are scored
+    biaffine_dim: int = 100
+    channels: int = 32  # c
+    num_blocks: int = 2
+    impl: str = "band"  # "band" | "dense" (reference)
+    bispa_alignment: str = "original"  # "original" | "plus" (SPEC §4.4)
+    use_bispa: bool = True  # False: the paper's "w/o BiSPA" ablation
+    mlp_dropout: float = 0.4
+    bispa_dropout: float = 0.2
+    row_chunk: int = 128  # band impl: rows whose K x K attention maps exist at one time
+    remat_blocks: bool = True  # recompute each BiSPA block in the backward pass (saves only its input)
+
+    def __post_init__(self):
+        def check(ok: bool, field: str, expected: str):
+            if not ok:
+                raise ValueError(
+                    f"SpanHeadConfig.{field}={getattr(self, field)!r}: expected {expected}"
+                )
+
+        check(isinstance(self.num_types, int) and self.num_types >= 1, "num_types", "an int >= 1")
+        check(isinstance(self.window, int) and self.window >= 0, "window", "an int >= 0")
+        check(isinstance(self.biaffine_dim, int) and self.biaffine_dim >= 1, "biaffine_dim", "an int >= 1")
+        check(
+            isinstance(self.channels, int) and self.channels >= 2 and self.channels % 2 == 0,
+            "channels",
+            "an even int >= 2 (RoPE rotates channel pairs)",
+        )
+        check(isinstance(self.num_blocks, int) and self.num_blocks >= 0, "num_blocks", "an int >= 0")
+        check(self.impl in _IMPLS, "impl", f"one of {_IMPLS}")
+        check(self.bispa_alignment in _ALIGNMENTS, "bispa_alignment", f"one of {_ALIGNMENTS}")
+        check(isinstance(self.use_bispa, bool), "use_bispa", "a bool")
+        check(0.0 <= self.mlp_dropout < 1.0, "mlp_dropout", "a float in [0, 1)")
+        check(0.0 <= self.bispa_dropout < 1.0, "bispa_dropout", "a float in [0, 1)")
+        check(isinstance(self.row_chunk, int) and self.row_chunk >= 1, "row_chunk", "an int >= 1")
+        check(isinstance(self.remat_blocks, bool), "remat_blocks", "a bool")
+
+    @property
+    def band_width(self) -> int:
+        """K = 2w' + 1."""
+        return 2 * self.window + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SpanHeadConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"SpanHeadConfig.from_dict: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Band-layout helpers (also used by decoding).
+# --------------------------------------------------------------------------------------------
+
+
+def band_cell_mask(word_mask: jax.Array, window: int) -> jax.Array:
+    """(B, L) bool -> (B, L, 2w'+1) bool: cell (i, k) is valid iff words i and j = i+k-w' exist and are real."""
+    word_mask = jnp.asarray(word_mask, bool)
+    return word_mask[:, :, None] & gather_band(word_mask[..., None], window)[..., 0]
+
+
+def gather_band(per_word: jax.Array, window: int) -> jax.Array:
+    """(B, L, F) -> (B, L, K, F) with out[b, i, k] = per_word[b, i + k - w'] (zero outside [0, L))."""
+    b, length, f = per_word.shape
+    k = 2 * window + 1
+    padded = jnp.pad(per_word, ((0, 0), (window, window), (0, 0)))
+    index = jnp.arange(length)[:, None] + jnp.arange(k)[None, :]
+    return padded[:, index]
+
+
+def transpose_band(x: jax.Array, window: int) -> jax.Array:
+    """Band layout of the transposed span matrix: out[b, i, k] = x[b, i+k-w', 2w'-k] (zero off the grid).
+
+    Row i of the result holds column i of S (the spans that END at word i, starts i-w'..i+w'), so a
+    row-wise op on the result is the column-wise op of SPEC §4.3. The map is an involution.
+    """
+    b, length, k = x.shape[:3]
+    padded = jnp.pad(x, ((0, 0), (window, window)) + ((0, 0),) * (x.ndim - 2))
+    ks = jnp.arange(k)
+    rows = jnp.arange(length)[:, None] + ks[None, :]  # (i + k - w') + w' in padded coordinates
+    cols = (2 * window - ks)[None, :]
+    return padded[:, rows, cols]
+
+
+def rope_table(positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """RoFormer sinusoid (base 10000) at integer positions: (sin, cos), each positions.shape + (dim/2,).
+
+    Channel pair (2m, 2m+1) turns by angle pos / 10000^(2m/dim), exactly transformers'
+    RoFormerSinusoidalPositionalEmbedding + apply_rotary_position_embeddings (computed in float64
+    like their numpy table, then rounded to float32).
+    """
+    inv_freq = 1.0 / np.power(10000.0, 2.0 * np.arange(dim // 2) / dim)
+    angle = np.asarray(positions, np.float64)[..., None] * inv_freq
+    return np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """Rotate channel pairs (2m, 2m+1) of x (..., c) by the angles whose sin/cos (..., c/2) are given."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    rot_even = even * cos - odd * sin
+    rot_odd = odd * cos + even * sin
+    return jnp.stack([rot_even, rot_odd], axis=-1).reshape(x.shape)
+
+
+def _masked_attention(q, k, v, key_valid, query_valid):
+    """Single-head softmax attention over the second-to-last axis. q,k,v (..., N, c); masks (..., N)."""
+    c = q.shape[-1]
+    logits = jnp.einsum("...qc,...kc->...qk", q, k) / math.sqrt(c)
+    logits = jnp.where(key_valid[..., None, :], logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("...qk,...kc->...qc", probs, v)
+    return jnp.where(query_valid[..., None], out, 0.0)
+
+
+def _split_qkv(x, kernel, bias):
+    qkv = x @ kernel + bias
+    return jnp.split(qkv, 3, axis=-1)  # q / k / v in that order along the output axis
+
+
+def band_row_attention(x, valid, kernel, bias, row_chunk: int):
+    """Attention along k within each band row, RoPE position = k. x (B, L, K, c), valid (B, L, K).
+
+    Rows are processed `row_chunk` at a time with `lax.map`; each chunk is rematerialised in the
+    backward pass (`jax.checkpoint`), so only one chunk's (chunk, K, K) maps ever exist and the
+    saved residuals are the chunk inputs (O(L*K*c) in all).
+    """
+    b, length, kk, c = x.shape
+    sin, cos = (jnp.asarray(t) for t in rope_table(np.arange(kk), c))
+
+    @jax.checkpoint
+    def chunk_fn(args):
+        xc, vc = args  # (B, C, K, c), (B, C, K)
+        q, k, v = _split_qkv(xc, kernel, bias)
+        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        return _masked_attention(q, k, v, vc, vc)
+
+    chunk = min(row_chunk, max(length, 1))
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
+    xs = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    vs = jnp.pad(valid, ((0, 0), (0, pad), (0, 0)))
+    xs = xs.reshape(b, n_chunks, chunk, kk, c).swapaxes(0, 1)
+    vs = vs.reshape(b, n_chunks, chunk, kk).swapaxes(0, 1)
+    out = jax.lax.map(chunk_fn, (xs, vs))  # (n_chunks, B, C, K, c)
+    out = out.swapaxes(0, 1).reshape(b, n_chunks * chunk, kk, c)
+    return out[:, :length]
+
+
+def band_biaffine(h_hat, t_hat, u, row_chunk: int, window: int):
+    """Bilinear term in band layout: out[b, i, k, o] = h_hat[b, i] U_o t_hat[b, i+k-w'] (0 off the grid).
+
+    The (rows, K, 101) band of end vectors only exists one row chunk at a time (rematerialised
+    in the backward pass).
+    """
+    b, length, p = h_hat.shape
+    kk = 2 * window + 1
+    chunk = min(row_chunk, max(length, 1))
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
+    h_chunks = jnp.pad(h_hat, ((0, 0), (0, pad), (0, 0))).reshape(b, n_chunks, chunk, p).swapaxes(0, 1)
+    t_padded = jnp.pad(t_hat, ((0, 0), (window, window + pad), (0, 0)))
+    index = jnp.arange(chunk)[:, None] + jnp.arange(kk)[None, :]
+
+    @jax.checkpoint
+    def chunk_fn(args):
+        hc, start = args
+        t_window = jax.lax.dynamic_slice_in_dim(t_padded, start, chunk + 2 * window, axis=1)
+        t_band = t_window[:, index]  # (B, C, K, p)
+        hu = jnp.einsum("bip,opq->bioq", hc, u)
+        return jnp.einsum("bioq,bikq->biko", hu, t_band)
+
+    starts = jnp.arange(n_chunks) * chunk
+    out = jax.lax.map(chunk_fn, (h_chunks, starts))
+    return out.swapaxes(0, 1).reshape(b, n_chunks * chunk, kk, -1)[:, :length]
+
+
+# --------------------------------------------------------------------------------------------
+# Dense (i, j) reference helpers.
+# --------------------------------------------------------------------------------------------
+
+
+def dense_cell_mask(word_mask: jax.Array, window: int) -> jax.Array:
+    """(B, L) -> (B, L, L): span (i, j) is scored iff both words are real and |j - i| <= w'."""
+    word_mask = jnp.asarray(word_mask, bool)
+    length = word_mask.shape[1]
+    idx = jnp.arange(length)
+    in_band = jnp.abs(idx[None, :] - idx[:, None]) <= window
+    return word_mask[:, :, None] & word_mask[:, None, :] & in_band
+
+
+def dense_row_attention(s, valid, kernel, bias, window: int):
+    """For each fixed first index i, attention over the second index j (keys with valid[i, j]).
+
+    RoPE position of cell (i, j) is its band index k = j - i + w' (clipped off the band, where
+    cells are masked anyway). Loops over i with lax.map so only one (L, L) map exists at a time.
+    """
+    length, c = s.shape[1], s.shape[-1]
+    idx = jnp.arange(length)
+    pos = jnp.clip(idx[None, :] - idx[:, None] + window, 0, 2 * window)
+    # Index the same K-row table the band impl uses (an (L, L) numpy table would be a huge constant).
+    sin, cos = (jnp.asarray(t)[pos] for t in rope_table(np.arange(2 * window + 1), c))  # (L, L, c/2)
+
+    def one_row(args):
+        si, vi, sini, cosi = args  # (B, L, c), (B, L), (L, c/2)
+        q, k, v = _split_qkv(si, kernel, bias)
+        q, k = apply_rope(q, sini, cosi), apply_rope(k, sini, cosi)
+        return _masked_attention(q, k, v, vi, vi)
+
+    out = jax.lax.map(one_row, (s.swapaxes(0, 1), valid.swapaxes(0, 1), sin, cos))
+    return out.swapaxes(0, 1)
+
+
+def dense_band_conv(s, kernel, window: int):
+    """The band grid's 3x3 convolution written in (i, j): band neighbour (i+di, k+dk) is (i+di, j+di+dk).
+
+    s (B, L, L, c) must be zero outside valid cells (which includes outside the band, matching the
+    band grid's zero padding in k); kernel (3, 3, c, c) HWIO over (row i, band index k).
+    """
+    length = s.shape[1]
+    padded = jnp.pad(s, ((0, 0), (1, 1), (2, 2), (0, 0)))
+    out = 0.0
+    for a in range(3):
+        for b in range(3):
+            di, dj = a - 1, (a - 1) + (b - 1)
+            shifted = padded[:, 1 + di : 1 + di + length, 2 + dj : 2 + dj + length]
+            out = out + shifted @ kernel[a, b]
+    return out
+
+
+def band_from_dense(s, window: int):
+    """(B, L, L, ...) -> (B, L, K, ...): X[i, k] = S[i, i+k-w'] (zero off the grid)."""
+    b, length = s.shape[:2]
+    padded = jnp.pad(s, ((0, 0), (0, 0), (window, window)) + ((0, 0),) * (s.ndim - 3))
+    index = jnp.arange(length)[:, None] + jnp.arange(2 * window + 1)[None, :]
+    return padded[:, jnp.arange(length)[:, None], index]
+
+
+# --------------------------------------------------------------------------------------------
+# Modules.
+# --------------------------------------------------------------------------------------------
+
+
+class _DenseParams(nn.Module):
+    """Holds a Linear's {kernel (in, out), bias (out,)} for code that applies it by hand (inside lax.map)."""
+
+    features_in: int
+    features_out: int
+
+    @nn.compact
+    def __call__(self):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.features_in, self.features_out))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features_out,))
+        return kernel, bias
+
+
+class _ConvKernel(nn.Module):
+    """Holds a bias-free 3x3 conv kernel (3, 3, c_in, c_out), Flax HWIO over (row i, band index k)."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", nn.initializers.lecun_normal(), (3, 3, self.channels, self.channels))
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+    # use_fast_variance=False: the two-pass variance PyTorch uses (E[x^2]-E[x]^2 loses digits).
+    return nn.LayerNorm(epsilon=BISPA_LN_EPS, use_fast_variance=False, name=name)
+
+
+class BiSPABlock(nn.Module):
+    """One BiSPA block (SPEC §4). Band impl: x is (B, L, K, c), mask (B, L, K). Dense impl: x is
+    (B, L, L, c), mask (B, L, L)."""
+
+    config: SpanHeadConfig
+
+    @nn.compact
+    def __call__(self, x, valid, deterministic: bool):
+        cfg = self.config
+        c, w = cfg.channels, cfg.window
+        pos_embed = nn.Embed(2, c, name="pos_embed")
+        h_kernel, h_bias = _DenseParams(c, 3 * c, name="h_qkv")()
+        v_kernel, v_bias = _DenseParams(c, 3 * c, name="v_qkv")()
+        dense = nn.Dense(c, name="dense")
+        ln1 = _layer_norm("LayerNorm")
+        conv1 = _ConvKernel(c, name="conv1")()
+        conv2 = _ConvKernel(c, name="conv2")()
+        ln2 = _layer_norm("LayerNorm2")
+        drop = nn.Dropout(cfg.bispa_dropout)
+        band = cfg.impl == "band"
+
+        def mask(t):
+            return jnp.where(valid[..., None], t, 0.0)
+
+        x = mask(x)
+        # 1. triangle embedding: row 0 for the lower triangle (k < w'), row 1 for diagonal-or-upper.
+        if band:
+            upper = np.arange(2 * w + 1) >= w  # (K,)
+        else:
+            idx = jnp.arange(x.shape[1])
+            upper = idx[None, :] >= idx[:, None]  # (L, L): j >= i
+        x = x + pos_embed(jnp.asarray(upper, jnp.int32))
+
+        # 2-3. horizontal (along rows) and vertical (along columns) attention.
+        if band:
+            z_h = band_row_attention(x, valid, h_kernel, h_bias, cfg.row_chunk)
+            y = transpose_band(x, w)  # row i holds the spans that end at word i
+            z_v = band_row_attention(y, valid, v_kernel, v_bias, cfg.row_chunk)  # mask is transpose-invariant
+            if cfg.bispa_alignment == "plus":
+                z_v = transpose_band(z_v, w)  # cell (i, j) gets column j's attention at (i, j)
+        else:
+            z_h = dense_row_attention(x, valid, h_kernel, h_bias, w)
+            # column attention: for fixed j over i. Result z_col[i, j] is cell (i, j) in column j.
+            z_col = dense_row_attention(
+                x.swapaxes(1, 2), valid.swapaxes(1, 2), v_kernel, v_bias, w
+            ).swapaxes(1, 2)
+            # "original": cell (i, j) takes the column attention computed at (j, i) (same band index).
+            z_v = z_col if cfg.bispa_alignment == "plus" else z_col.swapaxes(1, 2)
+
+        # 4. merge the two directions, residual, LayerNorm.
+        out = dense(jnp.concatenate([z_h, z_v], axis=-1))
+        z = ln1(x + drop(out, deterministic=deterministic))
+
+        # 5. local CNN on the band grid (zero padding), residual, LayerNorm.
+        if band:
+            conv = lambda t, k: jax.lax.conv_general_dilated(  # noqa: E731
+                t, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        else:
+            conv = lambda t, k: dense_band_conv(t, k, w)  # noqa: E731
+        local = conv(mask(nn.gelu(conv(mask(z), conv1), approximate=False)), conv2)
+        return ln2(z + drop(local, deterministic=deterministic))
+
+
+class SpanHead(nn.Module):
+    """Word vectors (B, L, d) + word mask (B, L) -> band logits (B, L, 2w'+1, R)."""
+
+    config: SpanHeadConfig
+
+    @nn.compact
+    def __call__(self, word_states, word_mask, deterministic: bool = True):
+        cfg = self.config
+        c, w, p = cfg.channels, cfg.window, cfg.biaffine_dim + 1
+        if word_states.ndim != 3 or word_mask.shape != word_states.shape[:2]:
+            raise ValueError(
+                f"SpanHead: expected word_states (B, L, d) and word_mask (B, L); "
+                f"got {word_states.shape} and {word_mask.shape}"
+            )
+        word_mask = jnp.asarray(word_mask, bool)
+        mlp_drop = nn.Dropout(cfg.mlp_dropout)
+
+        def mlp(name):
+            h = nn.Dense(cfg.biaffine_dim, name=name)(mlp_drop(word_states, deterministic=deterministic))
+            h = nn.gelu(h, approximate=False)
+            return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)  # [h; 1]
+
+        h_hat, t_hat = mlp("head_mlp"), mlp("tail_mlp")
+        u = self.param("U", nn.initializers.xavier_normal(batch_axis=(0,)), (c, p, p))
+        w_lin = self.param("W", nn.initializers.xavier_normal(), (c, 2 * p))
+        # Linear term as two per-word projections: W_o . [drop(h_i); drop(t_j)] = (W_h drop(h_i))_o + (W_t drop(t_j))_o.
+        lin_h = mlp_drop(h_hat, deterministic=deterministic) @ w_lin[:, :p].T  # (B, L, c)
+        lin_t = mlp_drop(t_hat, deterministic=deterministic) @ w_lin[:, p:].T
+
+        block_cls = nn.remat(BiSPABlock, static_argnums=(3,)) if cfg.remat_blocks else BiSPABlock
+        blocks = [block_cls(cfg, name=f"cross_layers_{n}") for n in range(cfg.num_blocks)] if cfg.use_bispa else []
+        down_fc = nn.Dense(cfg.num_types, name="down_fc")
+
+        if cfg.impl == "band":
+            valid = band_cell_mask(word_mask, w)
+            x = band_biaffine(h_hat, t_hat, u, cfg.row_chunk, w) + lin_h[:, :, None] + gather_band(lin_t, w)
+        else:
+            valid = dense_cell_mask(word_mask, w)
+            x = jnp.einsum("bip,opq,bjq->bijo", h_hat, u, t_hat) + lin_h[:, :, None] + lin_t[:, None, :]
+        x = jnp.where(valid[..., None], x, 0.0)
+
+        scores = x
+        for block in blocks:
+            scores = block(scores, valid, deterministic)
+        if blocks:
+            scores = scores + x  # outer residual to the biaffine scores
+        logits = down_fc(scores)
+        if cfg.impl == "dense":
+            logits, valid = band_from_dense(logits, w), band_cell_mask(word_mask, w)
+        return jnp.where(valid[..., None], logits, INVALID_LOGIT)
