@@ -6,12 +6,18 @@ forward + backward with the base weights frozen and LoRA (rank 8) on query_proj 
 gradient is taken w.r.t. the LoRA leaves only (so XLA drops the frozen weights' gradients). The
 step runs with deterministic=True (no dropout) for both implementations.
 
+Before the encoder table, a first child process checks the Pallas kernel against the dense
+reference on the device (float32, with padding and the global key) and times the banded
+attention alone (xla vs pallas, forward+backward) at every length.
+
 Per (impl, length) row: compile time, step time (median of --steps timed steps after --warmup
 steps), tokens/s, achieved TFLOP/s and peak device memory (`memory_stats()['peak_bytes_in_use']`
 where the backend has it, and always XLA's compiled memory analysis). Each implementation runs
 in its own child process, lengths ascending, so the peak of a row is not polluted by the other
-implementation; a row that runs out of memory (or fails otherwise) is recorded and the next row
-is tried. A wall-clock budget (--budget-s) skips the rows that would start after it.
+implementation; a row that fails is recorded and the next row is tried (after an out-of-memory
+row the longer lengths of that implementation are marked skipped unless --try-all). The
+wall-clock budget (--budget-s) is split between the child processes; rows that would start after
+their child's share are marked skipped, and the table file is rewritten after every child.
 
 FLOPs counted (multiply-add = 2 FLOPs; N tokens, d hidden, F FFN width, w window, L layers):
   dense per layer forward   = 2 N (4 d^2 + 2 d F)                 (q, k, v, out projections, FFN)
@@ -56,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--remat", action="store_true", help="per-layer rematerialisation (EncoderConfig.remat)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--budget-s", type=float, default=540.0, help="total wall-clock budget; later rows are skipped")
+    parser.add_argument("--budget-s", type=float, default=540.0,
+                        help="total wall-clock budget, split evenly between the child processes; later rows are skipped")
+    parser.add_argument("--try-all", action="store_true", help="after an OOM, still try the longer lengths")
     parser.add_argument("--out", default=None, help="markdown output path (default $OUT/gpu_encoder.md when $OUT is set)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl-child", choices=["xla", "pallas", "check"], help=argparse.SUPPRESS)
@@ -120,8 +128,6 @@ def _split_lora(params):
 
 
 def run_child(args, impl: str) -> None:
-    import dataclasses
-
     import jax
     import jax.numpy as jnp
     from flax import traverse_util
@@ -148,10 +154,17 @@ def run_child(args, impl: str) -> None:
         return jnp.mean(jnp.square(hidden.astype(jnp.float32)))
 
     step = jax.jit(jax.grad(loss_fn))
-    for n in args.lengths:
-        row = dict(impl=impl, tokens=n, layers=config.num_hidden_layers, remat=config.remat, device=str(device.device_kind))
+    out_of_memory_at = None
+    for n in sorted(args.lengths):
+        row = dict(kind="encoder", impl=impl, tokens=n, layers=config.num_hidden_layers, remat=config.remat,
+                   device=str(device.device_kind))
+        skip = None
         if args.deadline is not None and time.time() > args.deadline:
-            row["status"] = "skipped (time budget)"
+            skip = "skipped (time budget)"
+        elif out_of_memory_at is not None and not args.try_all:
+            skip = f"skipped (OOM at {out_of_memory_at})"
+        if skip:
+            row["status"] = skip
             print(ROW_PREFIX + json.dumps(row), flush=True)
             continue
         try:
@@ -188,43 +201,63 @@ def run_child(args, impl: str) -> None:
                 row["peak_bytes"] = int(stats["peak_bytes_in_use"])
             del compiled, grads
         except Exception as error:  # one failing row must not end the table
-            row["status"] = "OOM" if _is_out_of_memory(error) else f"error: {type(error).__name__}: {str(error)[:300]}"
+            if _is_out_of_memory(error):
+                row["status"] = "OOM"
+                out_of_memory_at = n
+            else:
+                row["status"] = f"error: {type(error).__name__}: {str(error)[:300]}"
         print(ROW_PREFIX + json.dumps(row), flush=True)
 
 
 def run_kernel_check(args) -> None:
-    """The Pallas kernel against the dense reference on this device (float32), before timing it.
+    """The Pallas kernel on this device: correctness against the dense reference, then speed.
 
-    Prints one JSON line: forward max abs error and per-input gradient errors relative to the
-    reference gradient's max magnitude, for a linear functional of the output.
+    1. float32, N=1000 (200 with --quick), w=--window, with padding and the global key: forward
+       max abs error and per-input gradient errors relative to the reference gradient's max
+       magnitude, for a linear functional of the output (one "check" line).
+    2. For every length: forward+backward time of the banded attention alone (B=1, 16 heads,
+       D=64, bf16 q/k/v, float32 bias as the encoder passes it), xla vs pallas ("kernel" lines).
     """
     import jax
     import jax.numpy as jnp
 
     from sener_jax.ops.band_pallas import banded_attention_pallas
     from sener_jax.ops.band_reference import banded_attention_reference
+    from sener_jax.ops.band_xla import banded_attention_xla
 
-    batch, heads, n, head_dim, window = 2, 2, (200 if args.quick else 1000), 64, args.window
-    keys = jax.random.split(jax.random.PRNGKey(0), 8)
-    q, k, v = (jax.random.normal(keys[i], (batch, heads, n, head_dim)) for i in range(3))
-    bias = jax.random.normal(keys[3], (batch, heads, n, 2 * window + 1))
-    key_mask = jnp.arange(n)[None, :] < jnp.array([[n], [n - 77]])
-    global_logit = jax.random.normal(keys[4], (batch, heads, n))
-    global_value = jax.random.normal(keys[5], (batch, heads, head_dim))
-    weights = jax.random.normal(keys[6], (batch, heads, n, head_dim))
-    result = {"check": "pallas vs reference (float32)", "device": str(jax.devices()[0].device_kind), "n": n}
+    device_kind = str(jax.devices()[0].device_kind)
+    window = args.window
 
-    def loss(attention, q, k, v, bias, global_logit, global_value):
-        out = attention(q, k, v, bias, key_mask, window=window, global_logit=global_logit, global_value=global_value)
-        return jnp.sum(out * weights), out
+    def inputs(batch, heads, n, head_dim, low_precision):
+        keys = jax.random.split(jax.random.PRNGKey(n), 8)
+        q, k, v = (jax.random.normal(keys[i], (batch, heads, n, head_dim)) for i in range(3))
+        q = q * (3 * head_dim) ** -0.5  # pre-scaled, as the encoder passes it
+        bias = 0.5 * jax.random.normal(keys[3], (batch, heads, n, 2 * window + 1))
+        lengths = jnp.array([n - 77 * b for b in range(batch)])
+        key_mask = jnp.arange(n)[None, :] < lengths[:, None]
+        global_logit = jax.random.normal(keys[4], (batch, heads, n))
+        global_value = jax.random.normal(keys[5], (batch, heads, head_dim))
+        if low_precision:
+            q, k, v, global_value = (x.astype(jnp.bfloat16) for x in (q, k, v, global_value))
+        return q, k, v, bias, key_mask, global_logit, global_value
 
+    def grad_fn(attention):
+        def loss(q, k, v, bias, key_mask, global_logit, global_value):
+            out = attention(q, k, v, bias, key_mask, window=window, global_logit=global_logit, global_value=global_value)
+            weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
+            return jnp.sum(out.astype(jnp.float32) * weights), out
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 5, 6), has_aux=True))
+
+    result = {"kind": "check", "check": "pallas vs reference (float32)", "device": device_kind}
     try:
+        args_check = inputs(2, 2, 200 if args.quick else 1000, 64, low_precision=False)
+        result["n"] = args_check[0].shape[2]
         outputs = {}
         for name, attention in (("pallas", banded_attention_pallas), ("reference", banded_attention_reference)):
-            grad = jax.jit(jax.grad(lambda *a, f=attention: loss(f, *a), argnums=(0, 1, 2, 3, 4, 5), has_aux=True))
             # XLA may use TF32 for float32 matmuls on a GPU; the kernel's float32 dots are IEEE.
             with jax.default_matmul_precision("highest"):
-                outputs[name] = jax.block_until_ready(grad(q, k, v, bias, global_logit, global_value))
+                outputs[name] = jax.block_until_ready(grad_fn(attention)(*args_check))
         (grads, out), (ref_grads, ref_out) = outputs["pallas"], outputs["reference"]
         result["forward_abs"] = float(jnp.max(jnp.abs(out - ref_out)))
         for label, g, r in zip(["q", "k", "v", "bias", "global_logit", "global_value"], grads, ref_grads):
@@ -233,6 +266,29 @@ def run_kernel_check(args) -> None:
     except Exception as error:
         result["status"] = f"error: {type(error).__name__}: {str(error)[:600]}"
     print(ROW_PREFIX + json.dumps(result), flush=True)
+
+    heads = 4 if args.quick else 16
+    for n in sorted(args.lengths):
+        batch_inputs = None
+        for name, attention in (("xla", banded_attention_xla), ("pallas", banded_attention_pallas)):
+            row = {"kind": "kernel", "impl": name, "tokens": n, "heads": heads, "device": device_kind}
+            if args.deadline is not None and time.time() > args.deadline:
+                row["status"] = "skipped (time budget)"
+            else:
+                try:
+                    batch_inputs = batch_inputs or inputs(1, heads, n, 64, low_precision=True)
+                    fn = grad_fn(attention)
+                    for _ in range(max(args.warmup, 1)):
+                        jax.block_until_ready(fn(*batch_inputs))
+                    times = []
+                    for _ in range(args.steps):
+                        start = time.perf_counter()
+                        jax.block_until_ready(fn(*batch_inputs))
+                        times.append(time.perf_counter() - start)
+                    row.update(status="ok", step_s=statistics.median(times))
+                except Exception as error:
+                    row["status"] = "OOM" if _is_out_of_memory(error) else f"error: {type(error).__name__}: {str(error)[:300]}"
+            print(ROW_PREFIX + json.dumps(row), flush=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -244,9 +300,26 @@ def _gib(value) -> str:
     return "" if value is None else f"{value / 2**30:.3f}"
 
 
-def format_table(rows, args) -> str:
+def format_tables(rows, args) -> str:
     geo = geometry(args)
-    lines = [
+    parts = []
+    for check in (r for r in rows if r.get("kind") == "check"):
+        parts.append("Kernel check on the device: " + json.dumps(check) + "\n")
+    kernel_rows = [r for r in rows if r.get("kind") == "kernel"]
+    if kernel_rows:
+        parts += [
+            f"Banded attention alone, forward+backward (B=1, {kernel_rows[0]['heads']} heads, D=64, w={geo['window']}, "
+            "bf16 q/k/v, f32 bias, global key), median step:",
+            "",
+            "| impl | tokens | status | step (ms) |",
+            "|---|---:|---|---:|",
+        ]
+        for r in kernel_rows:
+            step = f"{1e3 * r['step_s']:.2f}" if "step_s" in r else ""
+            parts.append(f"| {r['impl']} | {r['tokens']} | {r['status']} | {step} |")
+        parts.append("")
+    encoder_rows = [r for r in rows if r.get("kind") == "encoder"]
+    parts += [
         f"Encoder: {geo['num_hidden_layers']} layers, hidden {geo['hidden_size']}, {geo['num_attention_heads']} heads, "
         f"FFN {geo['intermediate_size']}, vocab {geo['vocab_size']}, attention=arrow, window {geo['window']}, "
         f"bf16 compute, LoRA rank {geo['lora_rank']} on query/value (grads for LoRA only), batch 1, "
@@ -256,60 +329,95 @@ def format_table(rows, args) -> str:
         "| impl | tokens | status | step (s) | tokens/s | TFLOP/s | peak mem (GiB) | compiled temp (GiB) | compile (s) | device |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
+    for r in encoder_rows:
         step = f"{r['step_s']:.4f}" if "step_s" in r else ""
         tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
         tflops = f"{r['tflops']:.3g}" if "tflops" in r else ""
         compile_s = f"{r['compile_s']:.1f}" if "compile_s" in r else ""
-        lines.append(
+        parts.append(
             f"| {r['impl']} | {r['tokens']} | {r['status']} | {step} | {tps} | {tflops} | {_gib(r.get('peak_bytes'))} | "
             f"{_gib(r.get('compiled_temp_bytes'))} | {compile_s} | {r.get('device', '')} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(parts) + "\n"
 
 
 def run_parent(args) -> str:
-    deadline = time.time() + args.budget_s
+    start = time.time()
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    check_text = ""
+    children = []
     if "pallas" in args.impls and not args.no_kernel_check:
-        check = _run_child_process(["--impl-child", "check"], args, env, deadline)
-        check_text = "Kernel check: " + (json.dumps(check[1][0]) if check[1] else f"no result (exit {check[0]})") + "\n\n"
-        print(check_text, flush=True)
-    rows = []
-    for impl in args.impls:
-        returncode, got = _run_child_process(["--impl-child", impl], args, env, deadline)
-        for r in got:
-            print(f"  {r['impl']:>6} {r['tokens']:>6}: {r['status']}" + (f", {r['step_s']:.4f} s" if "step_s" in r else ""),
-                  flush=True)
-        seen = {r["tokens"] for r in got}
-        for n in args.lengths:
-            if n not in seen:
-                got.append(dict(impl=impl, tokens=n, status=f"crashed (exit {returncode})"))
-        rows += sorted(got, key=lambda r: r["tokens"])
-    table = check_text + format_table(rows, args)
-    print(table)
+        children.append(("check", 0.2))
+    children += [(impl, 1.0) for impl in args.impls]
+    total_weight = sum(weight for _, weight in children)
     out = args.out or (os.path.join(os.environ["OUT"], "gpu_encoder.md") if os.environ.get("OUT") else None)
+    rows = []
+    spent_weight = 0.0
+    for child, weight in children:
+        # Each child gets its share of the budget; rows past its deadline are skipped, not lost.
+        spent_weight += weight
+        deadline = start + args.budget_s * spent_weight / total_weight
+        returncode, got = _run_child_process(["--impl-child", child], args, env, deadline)
+        if child != "check":
+            for r in got:
+                r["kind"] = "encoder"
+            seen = {r["tokens"] for r in got}
+            got += [dict(kind="encoder", impl=child, tokens=n, status=f"crashed (exit {returncode})")
+                    for n in args.lengths if n not in seen]
+            got.sort(key=lambda r: r["tokens"])
+        rows += got
+        _write_table(out, format_tables(rows, args))  # after every child: a killed run keeps its rows
+    table = format_tables(rows, args)
+    print(table)
     if out:
-        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-        command_line = "python benchmarks/gpu_encoder.py " + " ".join(sys.argv[1:])
-        pathlib.Path(out).write_text(f"Command: `{command_line.strip()}`\n\n" + table)
         print(f"wrote {out}")
     return table
 
 
+def _write_table(path, table: str) -> None:
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        command_line = "python benchmarks/gpu_encoder.py " + " ".join(sys.argv[1:])
+        pathlib.Path(path).write_text(f"Command: `{command_line.strip()}`\n\n" + table)
+
+
 def _run_child_process(extra, args, env, deadline):
-    """Run this script as a child; returns (exit code, parsed result lines)."""
+    """Run this script as a child, streaming its output; returns (exit code, parsed result lines).
+
+    The child is killed 60 s after its deadline (a compile or step can outlast the deadline check).
+    """
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", *extra]
     command += _forwarded_flags(args) + ["--deadline", str(deadline)]
-    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    got = [json.loads(line[len(ROW_PREFIX):]) for line in result.stdout.splitlines() if line.startswith(ROW_PREFIX)]
-    if result.returncode != 0:
-        tail = result.stdout.strip().splitlines()[-8:]
-        print(f"child {extra} exited with {result.returncode}:\n  " + "\n  ".join(tail), file=sys.stderr)
-    return result.returncode, got
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    got, tail = [], []
+    watchdog = _Watchdog(process, deadline + 60.0)
+    for line in process.stdout:
+        if line.startswith(ROW_PREFIX):
+            row = json.loads(line[len(ROW_PREFIX):])
+            got.append(row)
+            print("  " + json.dumps(row), flush=True)
+        else:
+            tail = (tail + [line.rstrip()])[-8:]
+    returncode = process.wait()
+    watchdog.cancel()
+    if returncode != 0:
+        print(f"child {extra} exited with {returncode}:\n  " + "\n  ".join(tail), file=sys.stderr)
+    return returncode, got
+
+
+class _Watchdog:
+    """Kill a child process that is still running at `kill_at` (epoch seconds)."""
+
+    def __init__(self, process, kill_at: float):
+        import threading
+
+        self._timer = threading.Timer(max(0.0, kill_at - time.time()), process.kill)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _forwarded_flags(args) -> list[str]:
