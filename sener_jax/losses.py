@@ -1,0 +1,35 @@
+"""Training loss of the span head (SPEC §5)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def span_bce_loss(logits, labels, cell_mask, row_weight=None) -> jax.Array:
+    """Binary cross-entropy with logits over the valid band cells, summed per segment, averaged over rows.
+
+    logits (B, L, K, R) float; labels (B, L, K, R) {0, 1} (any int/bool/float dtype); cell_mask
+    (B, L, K) bool (valid cells, see `band_cell_mask`); row_weight (B,) float, default all 1: the
+    result is sum_b row_weight[b] * loss_b / sum_b row_weight[b] (0 when every weight is 0), so a
+    padding row given weight 0 neither adds to nor dilutes the average.
+    Uses the stable form max(x, 0) - x*y + log1p(exp(-|x|)); masked cells contribute exactly 0
+    to the value and the gradient whatever their logit.
+    """
+    if logits.shape != labels.shape or logits.shape[:3] != cell_mask.shape:
+        raise ValueError(
+            f"span_bce_loss: expected logits and labels (B, L, K, R) and cell_mask (B, L, K); got "
+            f"logits {logits.shape}, labels {labels.shape}, cell_mask {cell_mask.shape}"
+        )
+    x = logits.astype(jnp.float32)
+    y = labels.astype(jnp.float32)
+    valid = jnp.asarray(cell_mask, bool)[..., None]
+    x = jnp.where(valid, x, 0.0)  # keeps masked cells' gradients finite and exactly zero
+    per_cell = jnp.maximum(x, 0.0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    per_row = jnp.sum(jnp.where(valid, per_cell, 0.0), axis=(1, 2, 3))
+    if row_weight is None:
+        row_weight = jnp.ones(per_row.shape, jnp.float32)
+    row_weight = jnp.asarray(row_weight, jnp.float32)
+    if row_weight.shape != per_row.shape:
+        raise ValueError(f"span_bce_loss: row_weight must have shape {per_row.shape}, got {row_weight.shape}")
+    total = jnp.sum(row_weight)
+    return jnp.sum(row_weight * per_row) / jnp.where(total > 0, total, 1.0)
