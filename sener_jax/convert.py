@@ -4,7 +4,12 @@ Orbax export of converted params with a matching loader.
     python -m sener_jax.convert HF_DIR_OR_HUB_NAME OUT_DIR
 
 writes OUT_DIR/encoder_config.json and OUT_DIR/params (Orbax); `load_encoder(OUT_DIR)` reads
-them back. The small helpers (state-dict readers, key mapping, shape checking) are meant to be
+them back.
+
+    python -m sener_jax.convert --authors CKPT.pth --encoder NAME_OR_DIR --labels scholar-xl OUT_DIR
+
+writes an export directory (`Extractor.load`) from the SeNER authors' released checkpoint
+(see `sener_jax.authors_checkpoint`; `load_authors_checkpoint` is re-exported here). The small helpers (state-dict readers, key mapping, shape checking) are meant to be
 reused by other checkpoint formats.
 """
 from __future__ import annotations
@@ -273,6 +278,11 @@ def load_encoder(out_dir: str | pathlib.Path) -> tuple[EncoderConfig, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--authors" or arg.startswith("--authors=") for arg in argv):
+        from sener_jax.authors_checkpoint import main as authors_main
+
+        return authors_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="Hugging Face model directory or hub name (e.g. microsoft/deberta-v3-large)")
     parser.add_argument("out_dir", help="output directory (encoder_config.json + Orbax params)")
@@ -282,6 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     count = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     print(f"wrote {out} ({count:,} parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size})")
     return 0
+
+
+def __getattr__(name: str):
+    # Lazy re-export: authors_checkpoint builds on this module's helpers, so a top-level import would cycle.
+    if name == "load_authors_checkpoint":
+        from sener_jax.authors_checkpoint import load_authors_checkpoint
+
+        return load_authors_checkpoint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
