@@ -98,13 +98,22 @@ def _tile_geometry(q_start, k_start, cfg: _KernelConfig):
     return rows, offset, in_band
 
 
-def _scatter_offset(offset, in_band, cfg: _KernelConfig):
-    """Scatter column for dbias: out-of-band cells go to a spare column 2w+1.
+def _spare_columns(cfg: _KernelConfig) -> int:
+    """Extra dbias columns: one in interpret mode, none on the GPU.
 
-    On the GPU the store is masked and never touches it; interpret mode emulates a masked store
-    as a scatter of old-or-new values, where duplicate addresses would race with real cells.
+    On the GPU the masked scatter store never touches the address of a masked-out cell. Interpret
+    mode emulates a masked store as a scatter of old-or-new values, where a masked cell sharing an
+    address with a real cell (clipped offsets) could overwrite it; there masked cells go to a
+    spare column 2w+1 instead, dropped after the kernel.
     """
-    return jnp.where(in_band, offset, 2 * cfg.window + 1)
+    return 1 if cfg.interpret else 0
+
+
+def _scatter_offset(offset, in_band, cfg: _KernelConfig):
+    """dbias column of every tile cell (out-of-band cells: see `_spare_columns`)."""
+    if _spare_columns(cfg):
+        return jnp.where(in_band, offset, 2 * cfg.window + 1)
+    return offset
 
 
 def _tile_logits(q, k, bias_ref, bias_row0, rows, offset, valid):
@@ -312,8 +321,9 @@ def _backward(cfg: _KernelConfig, residuals, d_out):
     q_vector = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
     whole_vector = pl.BlockSpec((None, None, n), lambda i, b, h: (b, h, 0))
     bias_rows = pl.BlockSpec((None, None, bq, width), lambda i, b, h: (b, h, i, 0))
-    dbias_rows = pl.BlockSpec((None, None, bq, width + 1), lambda i, b, h: (b, h, i, 0))
-    dbias_shape = (batch, heads, n, width + 1)
+    dbias_width = width + _spare_columns(cfg)
+    dbias_rows = pl.BlockSpec((None, None, bq, dbias_width), lambda i, b, h: (b, h, i, 0))
+    dbias_shape = (batch, heads, n, dbias_width)
 
     # dq, dbias (band layout), global gradients: one program per query block.
     in_specs = [q_rows, whole_seq, whole_seq, bias_rows, whole_mask, q_rows, q_vector, q_vector]
@@ -349,7 +359,8 @@ def _backward(cfg: _KernelConfig, residuals, d_out):
     else:
         dq, dbias = dq_outputs
         dglobal_logit = dglobal_value = None
-    dbias = dbias[..., :width]
+    if dbias_width != width:
+        dbias = dbias[..., :width]
 
     # dk, dv: one program per key block.
     k_rows = pl.BlockSpec((None, None, bk, head_dim), lambda j, b, h: (b, h, j, 0))
