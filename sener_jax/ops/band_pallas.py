@@ -26,6 +26,10 @@ Pallas GPU (Triton) lowering requires. On CPU the kernels run in interpret mode.
 
 Under a device mesh: the kernels see local shapes only, so call this function inside
 `jax.shard_map` with the batch (or heads) sharded; see `shard_over_batch`.
+
+Status: checked against the reference in interpret mode on CPU (tests/test_band_pallas.py) and
+lowered to Triton IR for CUDA without a GPU (jax 0.10.2); not yet compiled by Triton nor run on a
+GPU. `benchmarks/gpu_encoder.py` checks it against the reference on the device first.
 """
 from __future__ import annotations
 
