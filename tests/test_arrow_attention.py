@@ -14,6 +14,7 @@ import pytest
 
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.disentangled_attention import AttentionSettings, RelativeGeometry, disentangled_attention
+from tests.deberta_helpers import random_encoder_params
 
 try:
     from sener_jax.ops import band_pallas  # noqa: F401
@@ -153,21 +154,6 @@ SMALL = EncoderConfig(
     position_buckets=8, max_relative_positions=16, attention="arrow", window=4,
     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )
-
-
-def random_encoder_params(config: EncoderConfig, seed: int) -> dict:
-    """Every leaf random (no zero biases / unit LayerNorms), without compiling a jax PRNG."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(lambda: DebertaEncoder(config).init(
-        jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"])
-
-    def leaf(path, shape):
-        name = path[-1].key
-        scale = 0.2 if name == "bias" else 1.0 / math.sqrt(shape.shape[0]) if name == "kernel" else 0.5
-        value = rng.normal(size=shape.shape) * scale + (1.0 if name == "scale" else 0.0)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 @functools.lru_cache(maxsize=None)
