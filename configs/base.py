@@ -159,7 +159,9 @@ def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model.head.update(dict(window=8, biaffine_dim=16, channels=8, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0))
     config.data.max_tokens = 96
     config.data.overlap_words = 8
-    config.data.token_bucket_base = 32
+    # One (128 tokens, 94 words) bucket: a single compiled program for training and one for eval.
+    config.data.token_bucket_base = 128
+    config.data.word_bucket_base = 128
     config.data.max_train_docs = 2
     config.data.max_eval_docs = 2
     config.train.batch_size = 8

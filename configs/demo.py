@@ -42,6 +42,9 @@ def get_config(arg=None):
     if arg == "tiny":
         config.data.synthetic = dict(enabled=True, preset="tiny", seed=0, n_train=8, n_dev=2, n_test=2)
         config.data.max_tokens = 128
+        config.data.overlap_words = 16
+        config.data.word_bucket_base = 128  # one (128, 126) bucket: one compiled program each
+        config.model.head.update(dict(window=16, row_chunk=128))
         config.train.num_epochs = 1
         config.train.max_steps = 2
     elif arg:

@@ -33,7 +33,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sener_jax import checkpointing, metrics, optim
+from flax import traverse_util
+
+from sener_jax import checkpointing, convert, metrics, optim
 from sener_jax.data import (
     BatchIterator,
     Document,
@@ -161,9 +163,7 @@ def model_config_from(config: ml_collections.ConfigDict, vocab_size: int, num_ty
         fields["pos_att_type"] = tuple(fields["pos_att_type"])
     encoder = EncoderConfig.from_dict(fields)
     if config.model.pretrained:
-        from sener_jax.convert import load_encoder_config
-
-        pretrained = load_encoder_config(config.model.pretrained)
+        pretrained = pretrained_encoder_config(config.model.pretrained)
         encoder = dataclasses.replace(pretrained, **{k: getattr(encoder, k) for k in SENER_ENCODER_FIELDS})
     if encoder.vocab_size < vocab_size:
         raise ValueError(
@@ -182,11 +182,42 @@ def initial_params(config, model_config: SenerConfig, rng: jax.Array) -> dict:
             "tests; set --config.model.pretrained=microsoft/deberta-v3-large or a directory for real runs)"
         )
         return params
-    from sener_jax.convert import load_pretrained_encoder
-
     logger.info("loading the pretrained encoder from %s", config.model.pretrained)
-    params["encoder"] = load_pretrained_encoder(config.model.pretrained, model_config.encoder, params["encoder"])
+    params["encoder"] = load_pretrained_encoder(config.model.pretrained, params["encoder"])
     return params
+
+
+def _is_converted_dir(spec: str) -> bool:
+    return (pathlib.Path(spec) / convert.CONFIG_FILE).is_file()
+
+
+def pretrained_encoder_config(spec: str) -> EncoderConfig:
+    """The geometry of a pretrained encoder: a `sener_jax.convert` output directory, or a Hugging
+    Face directory / hub name (its config.json)."""
+    if _is_converted_dir(spec):
+        return EncoderConfig.from_dict(json.loads((pathlib.Path(spec) / convert.CONFIG_FILE).read_text()))
+    return EncoderConfig.from_hf_config(convert.resolve_model_dir(spec))
+
+
+def load_pretrained_encoder(spec: str, random_params: dict) -> dict:
+    """Pretrained encoder weights in the layout of `random_params`; LoRA leaves (never part of a
+    pretrained checkpoint) keep their fresh initialisation (B = 0: the adapter starts as a no-op)."""
+    _, loaded = convert.load_encoder(spec) if _is_converted_dir(spec) else convert.load_hf_deberta(spec)
+    loaded = traverse_util.flatten_dict(jax.device_get(loaded))
+    out = {}
+    for path, fresh in traverse_util.flatten_dict(random_params).items():
+        if path[-1] in optim.LORA_LEAVES:
+            out[path] = fresh
+            continue
+        if path not in loaded:
+            raise ValueError(f"pretrained encoder {spec}: parameter {'/'.join(path)} is missing")
+        if tuple(loaded[path].shape) != tuple(fresh.shape):
+            raise ValueError(
+                f"pretrained encoder {spec}: parameter {'/'.join(path)} has shape {tuple(loaded[path].shape)}, "
+                f"the configured model expects {tuple(fresh.shape)}"
+            )
+        out[path] = jnp.asarray(loaded[path], fresh.dtype)
+    return traverse_util.unflatten_dict(out)
 
 
 def create_train_state(config, model_config: SenerConfig, total_updates: int, rng: jax.Array):
