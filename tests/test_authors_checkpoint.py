@@ -10,16 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # test-only dependency (requirements-test.txt): a missing torch fails here, never skips
 
+from sener_jax.data import load_tokenizer
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
 from sener_jax.models.span_head import SpanHeadConfig
 
-torch = pytest.importorskip("torch")
-
 RANK, ALPHA = 8, 16.0
 HF_GEOMETRY = dict(  # a tiny DeBERTa-v3 shape, as a Hugging Face config.json would give it
-    vocab_size=626, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=64,
+    vocab_size=load_tokenizer("synthetic").vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=64,
     relative_attention=True, position_buckets=8, max_relative_positions=16, pos_att_type=["p2c", "c2p"],
     share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, max_position_embeddings=512,
     type_vocab_size=0,
@@ -31,15 +31,19 @@ HEAD = SpanHeadConfig(num_types=4, window=4, biaffine_dim=12, channels=8, num_bl
 LOGITS = jax.jit(band_logits, static_argnums=0)
 
 
-def _randomise(params: dict, seed: int) -> dict:
-    """Every leaf random and non-zero (LoRA B included), scaled so nothing saturates."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    out = []
-    for key, leaf in zip(keys, leaves):
-        scale = 1.0 / np.sqrt(leaf.shape[-2]) if leaf.ndim >= 2 else 0.1
-        out.append(np.asarray(jax.random.normal(key, leaf.shape) * scale, np.float32))
-    return jax.tree.unflatten(treedef, out)
+def _random_params(config: SenerConfig, seed: int) -> dict:
+    """Every leaf random and non-zero (LoRA B included), scaled so nothing saturates.
+
+    Shapes come from an abstract init and values from numpy: nothing is compiled.
+    """
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(seed)
+
+    def fill(leaf):
+        scale = 1.0 / np.sqrt(leaf.shape[-2]) if len(leaf.shape) >= 2 else 0.1
+        return (rng.standard_normal(leaf.shape) * scale).astype(np.float32)
+
+    return jax.tree.map(fill, shapes)
 
 
 def _sinusoid(positions: int, dim: int) -> np.ndarray:
@@ -105,7 +109,7 @@ def save_pth(state: dict[str, np.ndarray], path) -> None:
 def ours():
     """Random params with LoRA, their hand-merged twin, and a batch with padding."""
     config = SenerConfig(dataclasses.replace(AUTHORS_ENCODER, lora_rank=RANK, lora_alpha=ALPHA), HEAD)
-    params = _randomise(init_params(config, jax.random.PRNGKey(0)), seed=1)
+    params = _random_params(config, seed=1)
     state = authors_state_dict(params, prefix="")
     # Merge by hand in the authors' (out, in) layout: W = base + (B @ A) * alpha / r, alpha / r = 2.
     merged = jax.tree.map(np.array, params)
@@ -175,6 +179,33 @@ def test_pth_loads_to_the_same_logits_as_our_model_with_lora_merged_by_hand(ours
     _assert_same_tree(kept, ours["params"])
 
 
+def test_converted_layouts_compute_what_the_pytorch_modules_compute(ours):
+    """Linear (out, in), peft's LoRA forward and Conv2d (out, in, kh, kw) over (row, band index),
+    run by torch on the stored tensors, equal our ops on the converted params."""
+    import torch.nn.functional as F
+
+    state = ours["state"]
+    _, params = _load(state)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 9, HEAD.channels)).astype(np.float32)  # (B, rows, band, c)
+    tx = torch.from_numpy(x)
+    block = params["head"]["cross_layers_0"]
+    for conv in ("conv1", "conv2"):
+        expected = F.conv2d(tx.permute(0, 3, 1, 2), torch.from_numpy(state[f"cross_layers.0.{conv}.conv2d.weight"]), padding=1)
+        ours_conv = jax.lax.conv_general_dilated(x, block[conv]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(ours_conv, expected.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    expected = F.linear(tx, torch.from_numpy(state["cross_layers.0.h_qkv.weight"]), torch.from_numpy(state["cross_layers.0.h_qkv.bias"]))
+    np.testing.assert_allclose(x @ block["h_qkv"]["kernel"] + block["h_qkv"]["bias"], expected.numpy(), atol=1e-5)
+    # peft: base_layer(x) + lora_B(lora_A(x)) * alpha / r
+    name = "pretrain_model.encoder.layer.0.attention.self.query_proj."
+    h = torch.from_numpy(rng.standard_normal((3, ENCODER.hidden_size)).astype(np.float32))
+    t = {k: torch.from_numpy(state[name + k]) for k in ("base_layer.weight", "base_layer.bias", "lora_A.default.weight", "lora_B.default.weight")}
+    expected = F.linear(h, t["base_layer.weight"], t["base_layer.bias"]) + F.linear(
+        F.linear(h, t["lora_A.default.weight"]), t["lora_B.default.weight"]) * (ALPHA / RANK)
+    query = params["encoder"]["encoder"]["layer_0"]["attention"]["self"]["query_proj"]
+    np.testing.assert_allclose(h.numpy() @ query["kernel"] + query["bias"], expected.numpy(), atol=1e-4)
+
+
 def test_missing_extra_and_misshaped_keys_fail_naming_the_key(ours):
     state = ours["state"]
     missing = "pretrain_model.encoder.layer.1.attention.self.value_proj.lora_B.default.weight"
@@ -191,6 +222,9 @@ def test_missing_extra_and_misshaped_keys_fail_naming_the_key(ours):
         from sener_jax.authors_checkpoint import load_authors_checkpoint
 
         load_authors_checkpoint(state, ENCODER, "scholar-xl", head_window=HEAD.window)
+    # transformers' position_ids buffer (persistent in older versions) is consumed silently.
+    position_ids = {"module.base_model.model.pretrain_model.embeddings.position_ids": np.arange(512)[None]}
+    _assert_same_tree(_load({**state, **position_ids})[1], _load(state)[1])
     with pytest.raises(ValueError, match="collide"):
         _load({**state, "module.U": state["U"]})
 
@@ -208,7 +242,6 @@ def test_labels_by_dataset_name_follow_the_authors_order():
 
 def test_cli_export_loads_with_extractor_and_extracts(ours, tmp_path):
     from sener_jax.convert import main
-    from sener_jax.data import load_tokenizer
     from sener_jax.predict import Extractor
 
     encoder_dir = tmp_path / "encoder"
