@@ -13,6 +13,7 @@ the first length whose predicted memory exceeds --cap-gb (JAX: compiled temp + a
 outputs; PyTorch: the previous peak scaled quadratically, full attention being O(N^2)).
 Pallas runs in interpret mode off-GPU, so its CPU times say nothing about the kernel; the
 default CPU run therefore only compiles it (memory column) unless --time-pallas is given.
+--max-timed-length keeps a CPU run short: longer JAX cases are compiled (memory) but not run.
 """
 from __future__ import annotations
 
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cap-gb", type=float, default=8.0)
     parser.add_argument("--impls", nargs="+", default=[*JAX_IMPLS, TORCH_IMPL], choices=[*JAX_IMPLS, TORCH_IMPL])
     parser.add_argument("--time-pallas", action="store_true", help="also time arrow/pallas (interpret mode off-GPU)")
+    parser.add_argument("--max-timed-length", type=int, default=None,
+                        help="JAX cases longer than this are compiled (memory column) but not run")
     parser.add_argument("--torch-worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -208,6 +211,7 @@ def main(argv=None) -> int:
                 pattern, attention_impl = JAX_IMPLS[impl]
                 case_config = dataclasses.replace(config, attention=pattern, attention_impl=attention_impl)
                 timed = impl != "arrow/pallas" or args.time_pallas or backend == "gpu"
+                timed = timed and (args.max_timed_length is None or length <= args.max_timed_length)
                 row = jax_case(case_config, length, args.runs, cap_bytes, timed)
                 memory, measure = row["temp_bytes"], "XLA temp (compiled)"
                 stopped = row["status"] == "over cap"

@@ -184,7 +184,7 @@ def test_encoder_arrow_matches_dense_with_gradients(impl):
 
 def _encoder_temp_bytes(n: int) -> int:
     config = EncoderConfig(
-        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
         attention="arrow", attention_impl="xla", window=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
     params = jax.eval_shape(lambda: DebertaEncoder(config).init(

@@ -66,8 +66,14 @@ def test_forward_and_gradients_match_reference(batch, heads, n, dim, window, blo
 
 def test_dispatcher_routes_and_refuses_unknown_names():
     (q, k, v, bias, key_mask), _ = _inputs(1, 2, 12, 4, 3, False, 0.8, seed=0)
-    ref = banded_attention(q, k, v, bias, key_mask, window=3, impl="reference")
-    np.testing.assert_allclose(banded_attention(q, k, v, bias, key_mask, window=3, impl="xla", block=2), ref, atol=1e-5)
+
+    @jax.jit
+    def both(q, k, v, bias, key_mask):
+        return (banded_attention(q, k, v, bias, key_mask, window=3, impl="reference"),
+                banded_attention(q, k, v, bias, key_mask, window=3, impl="xla", block=2))
+
+    ref, out = both(q, k, v, bias, key_mask)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
     with pytest.raises(ValueError, match="impl must be one of"):
         banded_attention(q, k, v, bias, key_mask, window=3, impl="cuda")
     with pytest.raises(ValueError, match="only implemented for impl='xla'"):
