@@ -15,6 +15,8 @@ import bisect
 import colorsys
 import dataclasses
 import html
+import json
+import pathlib
 from typing import Iterable, Mapping, Sequence
 
 # Light backgrounds that keep black text readable; after these, hues by the golden angle.
@@ -173,7 +175,7 @@ def render_entities_html(text: str, entities: Sequence[Mapping], labels: Sequenc
 
 
 def render_report_html(documents: Iterable[tuple[str, str, Sequence[Mapping]]], labels: Sequence[str] | None = None,
-                       title: str = "SeNER entities") -> str:
+                       title: str = "SeNER entities", note: str = "") -> str:
     """A standalone HTML page: one section per (id, text, entities), one shared legend."""
     documents = list(documents)
     colors = label_colors([e for _, _, ents in documents for e in ents], labels)
@@ -185,5 +187,34 @@ def render_report_html(documents: Iterable[tuple[str, str, Sequence[Mapping]]], 
     ]
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{STYLE}</head>'
-        f"<body><h1>{html.escape(title)}</h1>{legend_html(colors)}{''.join(sections)}</body></html>\n"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{legend_html(colors)}{''.join(sections)}"
+        "</body></html>\n"
     )
+
+
+def write_predictions_report(input_path, predictions_path, html_path, *, labels: Sequence[str] | None = None,
+                             max_documents: int = 200) -> pathlib.Path:
+    """The HTML page of a `--mode=predict` run: the texts of `input_path` (JSON lines, "text" and
+    optional "id") with the entities written to `predictions_path` ({"id", "entities"} per line).
+
+    Only the first `max_documents` inputs go into the page (the page says so): it is for reading.
+    """
+    from sener_jax.predict import _read_jsonl_inputs  # the same id rules as the predictions
+
+    items = _read_jsonl_inputs(input_path)
+    entities_by_id = {}
+    with open(predictions_path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                    entities_by_id[str(record["id"])] = record["entities"]
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise ValueError(f"{predictions_path}:{line_no}: expected {{'id', 'entities'}} JSON ({error})") from error
+    shown = [(i, text, entities_by_id.get(i, [])) for i, text in items[:max_documents]]
+    missing = sum(1 for i, _ in items if i not in entities_by_id)
+    note = f"{len(shown)} of {len(items)} documents shown" + (f"; {missing} have no predictions yet" if missing else "")
+    path = pathlib.Path(html_path)
+    path.write_text(render_report_html(shown, labels, title=f"SeNER entities: {pathlib.Path(input_path).name}",
+                                       note=note), encoding="utf-8")
+    return path

@@ -5,7 +5,13 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sener_jax.render import label_color, nest_pieces, render_entities_html, render_report_html
+from sener_jax.render import (
+    label_color,
+    nest_pieces,
+    render_entities_html,
+    render_report_html,
+    write_predictions_report,
+)
 
 
 class Pieces(html.parser.HTMLParser):
@@ -208,3 +214,27 @@ def test_any_entities_render_as_a_proper_tree_covering_each_entity_exactly(case)
             last = piece.end
 
     check(nest_pieces(entities), 0, len(text))
+
+
+def test_predictions_report_pairs_texts_and_entities_by_id(tmp_path):
+    import json
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "a", "text": "Alice & Bob"}, {"text": "ACME Corp"},
+                                                              {"id": "c", "text": "not predicted"}]))
+    predictions = tmp_path / "out.jsonl"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "entities": [{"start": 0, "end": 5, "label": "name", "text": "Alice", "score": 0.9}]},
+        {"id": "2", "entities": [{"start": 0, "end": 9, "label": "org", "text": "ACME Corp", "score": 0.8}]},
+    ]))
+    page = write_predictions_report(inputs, predictions, tmp_path / "out.html", labels=["org", "name"]).read_text()
+    assert "3 of 3 documents shown; 1 have no predictions yet" in page
+    parsed = parse(page.split("<body>", 1)[1].rsplit("</body>", 1)[0])
+    assert [(p["label"], entity_of(p), parsed.text[p["start"] : p["end"]]) for p in parsed.pieces] == [
+        ("name", (0, 5), "Alice"), ("org", (0, 9), "ACME Corp")]
+    assert "Alice &amp; Bob" in page and parsed.legend == ["org", "name"]
+    assert "1 of 3 documents shown" in write_predictions_report(inputs, predictions, tmp_path / "one.html",
+                                                                max_documents=1).read_text()
+    predictions.write_text("{not json\n")
+    with pytest.raises(ValueError, match="out.jsonl:1"):
+        write_predictions_report(inputs, predictions, tmp_path / "bad.html")
