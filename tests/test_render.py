@@ -232,7 +232,7 @@ def test_predictions_report_pairs_texts_and_entities_by_id(tmp_path):
     parsed = parse(page.split("<body>", 1)[1].rsplit("</body>", 1)[0])
     assert [(p["label"], entity_of(p), parsed.text[p["start"] : p["end"]]) for p in parsed.pieces] == [
         ("name", (0, 5), "Alice"), ("org", (0, 9), "ACME Corp")]
-    assert "Alice &amp; Bob" in page and parsed.legend == ["org", "name"]
+    assert " &amp; Bob" in page and "not predicted" in parsed.text and parsed.legend == ["org", "name"]
     assert "1 of 3 documents shown" in write_predictions_report(inputs, predictions, tmp_path / "one.html",
                                                                 max_documents=1).read_text()
     predictions.write_text("{not json\n")
