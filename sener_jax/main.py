@@ -2,7 +2,11 @@
 
 Modes: train (train, evaluate, export), eval (evaluate the best checkpoint), predict (JSON lines
 through the exported model), export (write WORKDIR/export from the best checkpoint), stats (dataset
-statistics and span coverage), config (print the resolved config and exit).
+statistics and span coverage), config (print the resolved config and exit), plan (predicted peak
+memory per device for the config at several lengths, and the longest input that fits a budget;
+no data, weights or workdir needed: `--plan_lengths=1024,5120 --plan_batch=2 --plan_budget_gib=80`).
+Multi-host: see sener_jax/distributed.py (SENER_COORDINATOR / SENER_NUM_PROCESSES / SENER_PROCESS_ID
+or SLURM) and launch/.
 Any config value can be overridden: `--config.train.lr_head=1e-3`.
 """
 from __future__ import annotations
@@ -12,11 +16,15 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "predict", "export", "stats", "config")
+MODES = ("train", "eval", "predict", "export", "stats", "config", "plan")
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file (path[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, evaluation and the export.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+_PLAN_LENGTHS = flags.DEFINE_list("plan_lengths", ["1024", "2048", "5120"], "--mode=plan: token lengths.")
+_PLAN_BATCH = flags.DEFINE_integer("plan_batch", 2, "--mode=plan: rows per device.")
+_PLAN_BUDGET = flags.DEFINE_float("plan_budget_gib", 80.0, "--mode=plan: memory per device for the longest-input search (0: skip).")
+_PLAN_METHODS = flags.DEFINE_list("plan_methods", ["analytic"], "--mode=plan: analytic and/or compiled (compiles per cell).")
 
 
 def main(argv):
@@ -26,13 +34,22 @@ def main(argv):
     if _MODE.value == "config":
         print(config)
         return
+    if _MODE.value == "plan":
+        from sener_jax import memory
+
+        print(memory.plan_table(config, batch=_PLAN_BATCH.value, lengths=[int(n) for n in _PLAN_LENGTHS.value],
+                                methods=tuple(_PLAN_METHODS.value), budget_gib=_PLAN_BUDGET.value))
+        return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     # Our progress at INFO; libraries (Orbax logs every file it writes) stay at WARNING.
     logging.getLogger("sener_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
     # Imported here so that `--mode=config` and `--help` stay fast.
-    from sener_jax import train
+    from sener_jax import distributed, train
+
+    if distributed.initialize(config) and not distributed.is_primary():
+        logging.getLogger("sener_jax").setLevel(logging.WARNING)  # progress is logged by process 0 only
 
     train.run_mode(_MODE.value, config, _WORKDIR.value)
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from flax import traverse_util
 
-from sener_jax import checkpointing, convert, metrics, optim
+from sener_jax import checkpointing, convert, distributed, metrics, optim
 from sener_jax.data import (
     BatchIterator,
     Document,
@@ -292,8 +292,8 @@ def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, d
     )
     cells = band_cell_mask(batch["word_mask"], model_config.head.window)
     weight = batch["row_weight"]
-    # span_bce_loss averages over the rows; times the row count gives the weighted sum.
-    return span_bce_loss(logits, batch["labels"], cells, row_weight=weight) * weight.shape[0]
+    # span_bce_loss is sum(weight * row_loss) / sum(weight): times sum(weight) gives the weighted sum.
+    return span_bce_loss(logits, batch["labels"], cells, row_weight=weight) * jnp.sum(weight)
 
 
 def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *, deterministic: bool = False):
@@ -344,7 +344,8 @@ def device_batch(batch, mesh: Mesh) -> dict:
     """A data Batch -> the sharded arrays the step takes (row_weight = 1 for real rows, 0 for padding)."""
     arrays = {k: batch.arrays[k] for k in BATCH_KEYS if k in batch.arrays}
     arrays["row_weight"] = batch.row_valid.astype(np.float32)
-    return shard_batch(arrays, mesh)
+    # Each process holds only its rows (multi-host): assemble the global array from them.
+    return distributed.global_batch(arrays, mesh)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +394,10 @@ class Run:
     total_updates: int
 
     @property
+    def trained_groups(self) -> tuple[str, ...]:
+        return {"lora": ("head", "lora"), "full": ("head", "encoder"), "head": ("head",)}[self.config.train.finetune]
+
+    @property
     def fingerprint(self) -> dict:
         return {
             "model": json.loads(json.dumps(self.model_config.to_dict(), default=list)),
@@ -407,7 +412,8 @@ class Run:
 def prepare_run(config, workdir) -> Run:
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    data = load_data(config, workdir)
+    # Process 0 first: it generates the synthetic data (if any) that the others then only read.
+    data = distributed.primary_first(lambda: load_data(config, workdir))
     model_config = model_config_from(config, data.tokenizer.vocab_size, len(data.labels))
     mesh = make_mesh()
     n_devices = mesh.devices.size
@@ -432,6 +438,8 @@ def prepare_run(config, workdir) -> Run:
             num_types=len(data.labels), shuffle=True, seed=config.seed, num_epochs=config.train.num_epochs,
             masking=masking,
         )
+        if jax.process_count() > 1:
+            iterator = iterator.shard(*distributed.process_shard())  # this host's rows of every global batch
         total_steps = len(iterator) * config.train.num_epochs
         if config.train.max_steps > 0:
             total_steps = min(total_steps, config.train.max_steps)
@@ -476,14 +484,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         logger.info("resumed from %s at step %d (iterator %s)", latest.directory / str(step), step, record["iterator"])
 
     train_step = make_train_step(run.model_config, optimizer, mesh)
-    logits_fn = make_logits_fn(run.model_config, mesh)
-    writer = SummaryWriter(str(workdir / "tensorboard"))
+    # Multi-host: every process evaluates on its own devices (same documents, same result); only
+    # process 0 writes TensorBoard, evaluation files and the export.
+    eval_mesh = distributed.local_mesh(mesh)
+    logits_fn = make_logits_fn(run.model_config, eval_mesh)
+    writer = SummaryWriter(str(workdir / "tensorboard")) if distributed.is_primary() else distributed.NullWriter()
     iterator = run.train_iterator
     steps_per_epoch = len(iterator)
     step = int(state["step"])
 
     def params_of(st):
-        return optim.merge_params(st["trainable"], frozen)
+        return distributed.to_local(optim.merge_params(st["trainable"], frozen), eval_mesh)
 
     def end_of_epoch(epoch: int):
         nonlocal state
@@ -518,7 +529,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 end_of_epoch(epoch)
             iterator.restore({**iterator.state(), "epoch": epoch + 1, "position": 0})
             continue
-        bar = tqdm(total=steps_per_epoch, initial=iterator.position, desc=f"epoch {epoch + 1}/{tconf.num_epochs}", unit="step")
+        bar = tqdm(total=steps_per_epoch, initial=iterator.position, desc=f"epoch {epoch + 1}/{tconf.num_epochs}", unit="step",
+                   disable=not distributed.is_primary())
         while iterator.position < steps_per_epoch and step < run.total_steps:
             batch = next(iterator)
             state, step_metrics = train_step(state, frozen, device_batch(batch, mesh))
@@ -533,10 +545,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 tokens_per_s = window_tokens / max(elapsed, 1e-9)
                 writer.add_scalar("train/loss", np.mean(losses), step)
                 writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
-                for group, lr in rates.items():
-                    writer.add_scalar(f"train/lr_{group}", lr, step)
-                logger.info("step %d: loss %.4f, lr head %.3g lora %.3g, %.0f tokens/s",
-                            step, np.mean(losses), rates["head"], rates["lora"], tokens_per_s)
+                for group in run.trained_groups:
+                    writer.add_scalar(f"train/lr_{group}", rates[group], step)
+                shown = ", ".join(f"lr {g} {rates[g]:.3g}" for g in run.trained_groups)
+                logger.info("step %d: loss %.4f, %s, %.0f tokens/s", step, np.mean(losses), shown, tokens_per_s)
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
                 window_loss, window_tokens, window_start = [], 0, time.perf_counter()
             if tconf.checkpoint_every_steps and step % tconf.checkpoint_every_steps == 0 and iterator.position < steps_per_epoch:
@@ -571,7 +583,8 @@ def evaluate_and_write(run: Run, logits_fn, params) -> dict:
                 logits_fn, params, run.data.splits[split], run.data.tokenizer, run.data.labels, run.settings,
                 run.model_config, batch_size=run.config.eval.batch_size, split=split,
             )
-            write_eval(run.workdir, split, results[split])
+            if distributed.is_primary():
+                write_eval(run.workdir, split, results[split])
     return results
 
 
@@ -583,9 +596,9 @@ def finish(run: Run, trainable, frozen, best, logits_fn) -> dict:
             jax.eval_shape(lambda: init_params(run.model_config, jax.random.PRNGKey(0))), config.train.finetune
         )
         trainable = _best_trainable(best, run, like)
-    params = optim.merge_params(trainable, frozen)
+    params = distributed.to_local(optim.merge_params(trainable, frozen), distributed.local_mesh(run.mesh))
     results = evaluate_and_write(run, logits_fn, params)
-    if config.train.export:
+    if config.train.export and distributed.is_primary():
         path = export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels, run.settings)
         logger.info("exported the model to %s", path)
     return results
