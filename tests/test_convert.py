@@ -127,3 +127,18 @@ def test_config_round_trip_and_validation():
     defaults = EncoderConfig.from_hf_config({"hidden_size": 48, "num_attention_heads": 3})
     assert defaults.share_att_key is False and defaults.position_biased_input is True
     assert defaults.relative_attention is False and defaults.pos_att_type == ()
+
+
+def test_deberta_v3_large_config_gives_the_default_geometry():
+    # microsoft/deberta-v3-large's config.json (as published), extra keys included.
+    v3_large = {
+        "model_type": "deberta-v2", "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "hidden_size": 1024, "initializer_range": 0.02, "intermediate_size": 4096,
+        "max_position_embeddings": 512, "relative_attention": True, "position_buckets": 256,
+        "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": "p2c|c2p", "layer_norm_eps": 1e-7,
+        "max_relative_positions": -1, "position_biased_input": False, "num_attention_heads": 16,
+        "num_hidden_layers": 24, "type_vocab_size": 0, "vocab_size": 128100,
+    }
+    config = EncoderConfig.from_hf_config(v3_large, attention="arrow")
+    assert config == EncoderConfig(attention="arrow")
+    assert (config.relative_span, config.resolved_max_relative_positions, config.scale_factor) == (256, 512, 3)
