@@ -32,7 +32,7 @@ from sener_jax.models.sener import SenerConfig, band_logits
 
 logger = logging.getLogger(__name__)
 
-LogitsFn = Callable[[Any, Mapping[str, np.ndarray]], np.ndarray]
+LogitsFn = Callable[[Any, Mapping[str, np.ndarray]], jax.Array]
 MODEL_INPUTS = ("input_ids", "attention_mask", "word_index", "word_mask")
 
 
@@ -55,7 +55,7 @@ class InferenceSettings:
 
 
 def make_logits_fn(model_config: SenerConfig, mesh: Mesh | None = None) -> LogitsFn:
-    """A jitted (params, batch arrays) -> numpy band logits.
+    """A jitted (params, batch arrays) -> band logits (left on the device: decoding starts there).
 
     With a mesh, the batch is sharded over its "data" axis (its size must divide the batch) and
     params are expected replicated on it; without one, everything runs on the default device.
@@ -69,7 +69,7 @@ def make_logits_fn(model_config: SenerConfig, mesh: Mesh | None = None) -> Logit
         inputs = {k: arrays[k] for k in MODEL_INPUTS}
         if mesh is not None:
             inputs = jax.device_put(inputs, NamedSharding(mesh, P("data")))
-        return np.asarray(jax.device_get(logits(params, inputs)))
+        return logits(params, inputs)
 
     return run
 
