@@ -30,6 +30,7 @@ SENER_SETTINGS: dict[str, object] = {
     "train.finetune": "lora",
 }
 DEFAULT_LORA_RANK = 8  # used when the base has no LoRA (lora_rank == 0) but SeNER needs one
+DEFAULT_BISPA_BLOCKS = 1  # used when the base head has no BiSPA block (the demo's); paper configs carry 2
 DEFAULT_MASK_PROBABILITY = 0.15
 
 # Table 3 of the paper, plus the BiSPA alignment choice (SPEC section 4.4).
@@ -76,8 +77,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, o
 
 
 def sener_base(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`base` with SeNER's choices pinned (arrow attention, LogN, BiSPA 'original', LoRA, masking)."""
+    """`base` with SeNER's choices pinned (arrow attention, LogN, BiSPA 'original' with at least one
+    block, LoRA, whole-word masking): without them some variants would silently equal SeNER."""
     settings = dict(SENER_SETTINGS)
+    if base.model.head.num_blocks <= 0:
+        settings["model.head.num_blocks"] = DEFAULT_BISPA_BLOCKS
     if base.model.encoder.lora_rank <= 0:
         settings["model.encoder.lora_rank"] = DEFAULT_LORA_RANK
     if base.data.mask_probability <= 0:

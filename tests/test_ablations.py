@@ -5,7 +5,8 @@ import pytest
 from flax import traverse_util
 
 from configs import demo, scirex
-from sener_jax import ablations, train
+from sener_jax import ablations, optim, train
+from sener_jax.models.sener import init_params
 
 
 def flat(config):
@@ -34,6 +35,29 @@ def test_sener_base_pins_lora_and_masking_on_a_base_without_them():
     assert no_lora.train.finetune == "full" and no_lora.model.encoder.lora_rank == 0
     base.data.mask_probability = 0.0
     assert ablations.sener_base(base).data.mask_probability == ablations.DEFAULT_MASK_PROBABILITY
+
+
+def test_every_variant_but_masking_changes_the_model_or_the_trained_leaves():
+    # The demo has no LoRA and no BiSPA block: pinning SeNER must add them, or "w/o LoRA",
+    # "w/o BiSPA" and the alignment variant would train the very same model as SeNER.
+    base = demo.get_config("tiny")
+    assert base.model.head.num_blocks == 0 or base.model.encoder.lora_rank == 0
+
+    def fingerprint(config):
+        model_config = train.model_config_from(config, 300, 3)
+        shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+        trainable, _ = optim.split_trainable(shapes, config.train.finetune)
+        return model_config, sorted(traverse_util.flatten_dict(trainable))
+
+    sener_model, sener_trained = fingerprint(ablations.variant_config(base, "SeNER"))
+    assert any(k[1].startswith("cross_layers_") for k in sener_trained if k[0] == "head")
+    for name in ablations.VARIANTS:
+        if name in ("SeNER", "w/o whole-word masking"):
+            continue
+        model, trained = fingerprint(ablations.variant_config(base, name))
+        assert model != sener_model or trained != sener_trained, name
+    _, no_bispa = fingerprint(ablations.variant_config(base, "w/o BiSPA"))
+    assert not any(k[1].startswith("cross_layers_") for k in no_bispa if k[0] == "head")
 
 
 def test_bad_overrides_variants_and_config_paths_are_named():
