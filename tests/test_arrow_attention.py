@@ -202,3 +202,17 @@ def test_arrow_xla_encoder_memory_is_linear():
     at_8k, at_16k = _encoder_temp_bytes(8192), _encoder_temp_bytes(16384)
     print(f"\n[memory] arrow/xla encoder fwd+bwd temp bytes: 8192 -> {at_8k:,}, 16384 -> {at_16k:,} (x{at_16k / at_8k:.3f})")
     assert at_16k <= 2.2 * at_8k
+
+
+def test_logn_factor_padded_follows_longest_real_sequence_not_array_length():
+    """The authors' n: the batch's longest real length rounded up to 256, whatever our bucket padding."""
+    from sener_jax.models.disentangled_attention import logn_factor
+
+    def mask(lengths, width):
+        return jnp.arange(width)[None, :] < jnp.asarray(lengths)[:, None]
+
+    for width in (700, 1024, 2048):  # the same two sequences in buckets of several widths
+        factor = logn_factor(mask([700, 300], width), "padded")
+        np.testing.assert_allclose(np.asarray(factor), [math.log(768) / math.log(512)] * 2, rtol=1e-6)
+    tokens = logn_factor(mask([700, 300], 1024), "tokens")
+    np.testing.assert_allclose(np.asarray(tokens), [math.log(n) / math.log(512) for n in (700, 300)], rtol=1e-6)

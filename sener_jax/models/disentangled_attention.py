@@ -72,12 +72,17 @@ class AttentionSettings:
 
 
 def logn_factor(token_mask: jax.Array, logn_length: str) -> jax.Array:
-    """(B,) log(n) / log(512) with n the non-padding tokens ("tokens") or the padded length
-    rounded up to a multiple of 256 ("padded", the authors' choice)."""
+    """(B,) log(n) / log(512) with n the non-padding tokens ("tokens") or, for "padded" (the
+    authors' choice), the length of the batch's longest real sequence rounded up to a multiple of
+    256. The authors pad each batch to its longest sequence and then to a multiple of 256; taking
+    the longest *real* length (not the array length) keeps that value independent of our own,
+    coarser length buckets, so an export reproduces their logits whatever bucket a segment lands in."""
+    lengths = jnp.sum(token_mask.astype(jnp.int32), axis=-1)
     if logn_length == "tokens":
-        n = jnp.maximum(jnp.sum(token_mask.astype(jnp.float32), axis=-1), 1.0)
+        n = jnp.maximum(lengths.astype(jnp.float32), 1.0)
     elif logn_length == "padded":
-        n = jnp.full(token_mask.shape[:1], float(-(-token_mask.shape[-1] // 256) * 256))
+        longest = jnp.maximum(jnp.max(lengths), 1)
+        n = jnp.full(token_mask.shape[:1], ((longest + 255) // 256) * 256).astype(jnp.float32)
     else:
         raise ValueError(f"logn_length must be 'tokens' or 'padded', got {logn_length!r}")
     return jnp.log(n) / math.log(LOGN_BASE)
