@@ -1,0 +1,391 @@
+"""Per-device memory of training and inference, predicted without allocating anything.
+
+Two independent predictors of the peak bytes one device needs for one step of B rows of N tokens
+(L words), with params replicated and the batch sharded (so per-device == a one-device program on
+the per-device batch):
+
+  - "compiled": the real program (`train.make_train_step`, or the inference forward) lowered with
+    ShapeDtypeStructs and compiled; XLA's buffer assignment reports arguments, outputs, donated
+    aliases and temporaries, and peak = arguments + outputs - aliases + temporaries. Exact for the
+    backend it compiles for (CPU here; GPU fusion and layouts differ somewhat).
+  - "analytic": counts, no compilation. Parameters (all leaves, float32), optimizer state (the
+    trainable leaves only: frozen ones have none), the batch, gradients of the trainable leaves,
+    and activations = the residuals autodiff keeps from the forward for the backward (read from
+    the jaxpr of `jax.vjp` of the loss: every saved array that is not an input), plus the largest
+    single residual as the working space of the backward's biggest op. Inference: parameters,
+    batch, logits and the two largest intermediates of the forward alive at once.
+
+`longest_input` searches the token lengths (multiples of `step`) for the longest that fits a
+budget; `plan_table` is what `--mode=plan` prints. Nothing here allocates the model: parameters
+and optimizer state come from `jax.eval_shape`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sener_jax import optim, train
+from sener_jax.models.sener import SenerConfig, band_logits
+from sener_jax.models.span_head import SpanHeadConfig
+
+GIB = 1024**3
+MODES = ("train", "infer")
+METHODS = ("compiled", "analytic")
+# SciREX with the DeBERTa-v3 tokenizer: a full 5,120-token segment holds up to ~4,000 words and
+# lands in the 4,096-word bucket (benchmarks/RESULTS.md, data pipeline); 0.8 words per token
+# reproduces that bucket.
+DEFAULT_WORDS_PER_TOKEN = 0.8
+DEFAULT_NUM_TYPES = 4  # SciREX: Method, Task, Material, Metric
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Bytes per device. `peak` is the predictor's answer; the other fields explain it."""
+
+    method: str
+    mode: str
+    n_tokens: int
+    n_words: int
+    batch: int
+    dtype: str
+    peak: int
+    parts: dict[str, int]  # analytic: params/optimizer/batch/grads/activations/workspace; compiled: XLA's fields
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak / GIB
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v / GIB:.3f}" for k, v in self.parts.items())
+        return (f"{self.method} {self.mode} B={self.batch} N={self.n_tokens} L={self.n_words} {self.dtype}: "
+                f"{self.peak_gib:.3f} GiB ({parts} GiB)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model a config describes, and abstract inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def model_config_for(config: ml_collections.ConfigDict, *, dtype: str | None = None, vocab_size: int | None = None,
+                     num_types: int | None = None) -> SenerConfig:
+    """The SenerConfig of `config` from its own encoder fields (no checkpoint is read or downloaded:
+    the configs carry the pretrained geometry, e.g. DeBERTa-v3-large in configs/base.py)."""
+    if vocab_size is None:
+        vocab_size = int(config.model.encoder.vocab_size)
+        if vocab_size <= 0:
+            from sener_jax.data import load_tokenizer
+
+            vocab_size = load_tokenizer(config.data.tokenizer).vocab_size
+    plain = ml_collections.ConfigDict(config.to_dict())
+    plain.model.pretrained = ""
+    model_config = train.model_config_from(plain, vocab_size, num_types or DEFAULT_NUM_TYPES)
+    if dtype is not None:
+        model_config = dataclasses.replace(model_config, encoder=dataclasses.replace(model_config.encoder, dtype=dtype))
+    return model_config
+
+
+def words_for(n_tokens: int, words_per_token: float = DEFAULT_WORDS_PER_TOKEN, base: int = 32) -> int:
+    """Word bucket for a segment of `n_tokens`: ceil(words_per_token * N) rounded up to `base`."""
+    return max(base, -(-math.ceil(words_per_token * n_tokens) // base) * base)
+
+
+def _one_device_mesh() -> Mesh:
+    return train.make_mesh(jax.devices()[:1])
+
+
+def _on(tree, sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _bytes(tree) -> int:
+    return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    model_config: SenerConfig
+    state: Any
+    frozen: Any
+    optimizer: Any
+    batch: dict
+
+
+def _setup(config, n_tokens: int, n_words: int, batch: int, model_config: SenerConfig) -> _Setup:
+    state, frozen, optimizer = train.abstract_train_state(config, model_config)
+    arrays = train.abstract_batch(batch, n_tokens, n_words, model_config.head.window, model_config.head.num_types)
+    return _Setup(model_config, state, frozen, optimizer, arrays)
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictor 1: XLA's compiled memory analysis
+# ----------------------------------------------------------------------------------------------
+
+
+def _infer_inputs(setup: _Setup):
+    params = optim.merge_params(setup.state["trainable"], setup.frozen)
+    arrays = {k: v for k, v in setup.batch.items() if k not in ("labels", "row_weight")}
+    return params, arrays
+
+
+def _infer_fn(model_config: SenerConfig):
+    def logits(params, arrays):
+        return band_logits(model_config, params, arrays["input_ids"], arrays["attention_mask"],
+                           arrays["word_index"], arrays["word_mask"], deterministic=True)
+
+    return logits
+
+
+def compiled_memory(setup: _Setup, mode: str) -> dict[str, int]:
+    """XLA's memory analysis of the one-device program (compiles; allocates nothing)."""
+    mesh = _one_device_mesh()
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    if mode == "train":
+        step = train.make_train_step(setup.model_config, setup.optimizer, mesh)
+        lowered = step.lower(_on(setup.state, replicated), _on(setup.frozen, replicated), _on(setup.batch, rows))
+    else:
+        params, arrays = _infer_inputs(setup)
+        lowered = jax.jit(_infer_fn(setup.model_config)).lower(_on(params, replicated), _on(arrays, rows))
+    stats = lowered.compile().memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"backend {jax.default_backend()!r} gives no compiled memory analysis")
+    parts = {
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+        "aliased": int(stats.alias_size_in_bytes),
+        "temporaries": int(stats.temp_size_in_bytes),
+    }
+    parts["peak"] = parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictor 2: counts (parameters, optimizer state, activations from autodiff's residuals)
+# ----------------------------------------------------------------------------------------------
+
+
+# Primitives XLA turns into no buffer of their own: layout-only views and no-op markers.
+VIEW_PRIMITIVES = frozenset({
+    "reshape", "squeeze", "expand_dims", "pvary", "stop_gradient", "psum_invariant", "copy", "copy_p",
+    "optimization_barrier", "reduce_precision",
+})
+# Elementwise (and slicing/joining) primitives XLA fuses into their consumers: the intermediate
+# is never written to memory.
+ELEMENTWISE_PRIMITIVES = frozenset({
+    "add", "add_any", "sub", "mul", "div", "neg", "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic",
+    "sqrt", "rsqrt", "square", "integer_pow", "pow", "abs", "sign", "max", "min", "erf", "erfc", "erf_inv",
+    "select_n", "convert_element_type", "broadcast_in_dim", "iota", "eq", "ne", "lt", "le", "gt",
+    "ge", "and", "or", "not", "xor", "is_finite", "floor", "ceil", "round", "clamp", "rem", "nextafter",
+    "shift_left", "shift_right_logical", "shift_right_arithmetic", "bitcast_convert_type", "sin", "cos",
+    "slice", "split", "pad", "concatenate", "stack", "unstack", "rev",
+})
+REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin", "reduce_prod", "reduce_and",
+                        "reduce_or"})
+CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
+
+
+def _is_fusible(eqn) -> bool:
+    """An elementwise op, or a call (XLA inlines it) made only of elementwise ops and views."""
+    name = eqn.primitive.name
+    if name in ELEMENTWISE_PRIMITIVES or name in VIEW_PRIMITIVES:
+        return True
+    if name in CALLS:
+        return all(_is_fusible(e) for j in _sub_jaxprs(eqn) for e in j.eqns)
+    return False
+
+
+def _nbytes(aval) -> int:
+    shape = getattr(aval, "shape", None)
+    if shape is None:
+        return 0
+    try:
+        itemsize = np.dtype(aval.dtype).itemsize
+    except TypeError:  # extended dtypes (PRNG keys): two uint32 words
+        itemsize = 8
+    return int(np.prod(shape, dtype=np.int64)) * itemsize
+
+
+def _sub_jaxprs(eqn):
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            inner = getattr(item, "jaxpr", item)
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def _inner_peak(eqn) -> int:
+    """Working bytes a call/loop/branch needs beyond its inputs (loop bodies run one at a time)."""
+    return max((jaxpr_peak_bytes(j) for j in _sub_jaxprs(eqn)), default=0)
+
+
+def jaxpr_peak_bytes(jaxpr) -> int:
+    """Peak bytes of the buffers `jaxpr` allocates (its inputs excluded), executed in program order.
+
+    A buffer is freed after its last use; views cost nothing and keep their source alive; an
+    elementwise result used only by fusing consumers is never materialised (its operands stay
+    alive until those consumers run instead). Nested jaxprs (jit, remat, scan bodies, custom
+    derivative rules, shard_map) add their own peak while they run.
+    """
+    is_var = lambda v: hasattr(v, "aval") and type(v).__name__ != "Literal"  # noqa: E731
+    fusible = [_is_fusible(eqn) for eqn in jaxpr.eqns]
+    # Whether each consumer of a value can absorb its computation (loop and input fusion).
+    absorbs: dict[int, list[bool]] = {}
+    for eqn, f in zip(jaxpr.eqns, fusible):
+        for v in eqn.invars:
+            if is_var(v):
+                absorbs.setdefault(id(v), []).append(f or eqn.primitive.name in REDUCTIONS)
+    returned = {id(v) for v in jaxpr.outvars if is_var(v)}
+    sources: dict[int, frozenset] = {id(v): frozenset() for v in jaxpr.invars}  # inputs: not ours to free
+    size: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    plan = []
+    for i, eqn in enumerate(jaxpr.eqns):
+        used = frozenset().union(*(sources.get(id(v), frozenset()) for v in eqn.invars if is_var(v)))
+        for s in used:
+            last_use[s] = i
+        name = eqn.primitive.name
+        allocated = []
+        for v in eqn.outvars:
+            fused = name in VIEW_PRIMITIVES or (
+                fusible[i] and id(v) not in returned and all(absorbs.get(id(v), ()))
+            )
+            if fused:
+                sources[id(v)] = used
+            else:
+                sources[id(v)] = frozenset({id(v)})
+                size[id(v)] = _nbytes(v.aval)
+                last_use[id(v)] = i
+                allocated.append(id(v))
+        plan.append((0 if fusible[i] else _inner_peak(eqn), allocated))
+    for v in jaxpr.outvars:
+        for s in sources.get(id(v), frozenset()) if is_var(v) else ():
+            last_use[s] = len(jaxpr.eqns)
+    frees: dict[int, list[int]] = {}
+    for s, i in last_use.items():
+        if s in size:
+            frees.setdefault(i, []).append(s)
+    live = peak = 0
+    for i, (inner, allocated) in enumerate(plan):
+        new = sum(size[s] for s in allocated)
+        peak = max(peak, live + new + inner)
+        live += new
+        live -= sum(size[s] for s in frees.get(i, ()))
+    return max(peak, live)
+
+
+def analytic_memory(setup: _Setup, mode: str) -> dict[str, int]:
+    """Argument bytes (params, optimizer state, batch) + the program's peak working bytes."""
+    trainable, frozen, state = setup.state["trainable"], setup.frozen, setup.state
+    parts = {"params": _bytes(trainable) + _bytes(frozen)}
+    if mode == "train":
+        parts["optimizer"] = _bytes(state["opt_state"]) + _bytes({"step": state["step"], "rng": state["rng"]})
+        parts["batch"] = _bytes(setup.batch)
+        step = train.make_train_step(setup.model_config, setup.optimizer, _one_device_mesh())
+        jaxpr = jax.make_jaxpr(step)(setup.state, setup.frozen, setup.batch).jaxpr
+    else:
+        params, arrays = _infer_inputs(setup)
+        parts["batch"] = _bytes(arrays)
+        jaxpr = jax.make_jaxpr(_infer_fn(setup.model_config))(params, arrays).jaxpr
+    parts["working"] = jaxpr_peak_bytes(jaxpr)
+    parts["peak"] = sum(parts.values())
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------
+# The public entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def predict_memory(
+    config: ml_collections.ConfigDict,
+    seq_len: int,
+    batch: int,
+    dtype: str | None = None,
+    mode: str = "train",
+    *,
+    method: str = "compiled",
+    n_words: int | None = None,
+    num_types: int | None = None,
+    vocab_size: int | None = None,
+) -> MemoryReport:
+    """Peak bytes per device for `batch` rows per device of `seq_len` tokens (and `n_words` words,
+    default `words_for(seq_len)`), encoder compute `dtype` (default: the config's)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if seq_len < 2 or batch < 1:
+        raise ValueError(f"seq_len must be >= 2 and batch >= 1, got {seq_len}, {batch}")
+    model_config = model_config_for(config, dtype=dtype, vocab_size=vocab_size, num_types=num_types)
+    n_words = n_words or words_for(seq_len)
+    setup = _setup(config, seq_len, n_words, batch, model_config)
+    parts = compiled_memory(setup, mode) if method == "compiled" else analytic_memory(setup, mode)
+    peak = parts.pop("peak")
+    return MemoryReport(method, mode, seq_len, n_words, batch, model_config.encoder.dtype, peak, parts)
+
+
+def longest_input(
+    config: ml_collections.ConfigDict,
+    budget_gib: float,
+    batch: int,
+    dtype: str | None = None,
+    mode: str = "train",
+    *,
+    method: str = "analytic",
+    step: int = 128,
+    max_tokens: int = 1 << 17,
+    **kwargs,
+) -> tuple[int, MemoryReport | None]:
+    """(longest multiple of `step` tokens whose predicted peak fits `budget_gib`, its report).
+
+    Memory grows monotonically with the length, so a doubling search brackets the answer and a
+    bisection finds it: about 2*log2(max_tokens/step) predictions. (0, None) when even `step`
+    tokens do not fit.
+    """
+    budget = budget_gib * GIB
+
+    @functools.lru_cache(maxsize=None)
+    def report(units: int) -> MemoryReport:
+        return predict_memory(config, units * step, batch, dtype, mode, method=method, **kwargs)
+
+    def fits(units: int) -> bool:
+        return report(units).peak <= budget
+
+    if not fits(1):
+        return 0, None
+    lo, hi = 1, 2
+    limit = max_tokens // step
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo * step, report(lo)
+
+
+def plan_table(config, *, batch: int, lengths, dtypes=("float32", "bfloat16"), methods=METHODS,
+               budget_gib: float | None = None, modes=MODES) -> str:
+    """Markdown table of predicted peaks per device (what `--mode=plan` prints)."""
+    lines = ["| mode | dtype | tokens | words | batch/device | " + " | ".join(f"{m} (GiB)" for m in methods) + " |",
+             "|---|---|---|---|---|" + "---|" * len(methods)]
+    for mode in modes:
+        for dtype in dtypes:
+            for n in lengths:
+                reports = [predict_memory(config, n, batch, dtype, mode, method=m) for m in methods]
+                cells = " | ".join(f"{r.peak_gib:.2f}" for r in reports)
+                lines.append(f"| {mode} | {dtype} | {n} | {reports[0].n_words} | {batch} | {cells} |")
+    if budget_gib:
+        lines.append("")
+        for dtype in dtypes:
+            n, rep = longest_input(config, budget_gib, batch, dtype, "train", method="analytic")
+            lines.append(f"longest training input in {budget_gib:g} GiB ({dtype}, batch {batch}/device, analytic): "
+                         f"{n} tokens" + (f" ({rep.peak_gib:.2f} GiB)" if rep else ""))
+    return "\n".join(lines)
