@@ -57,7 +57,12 @@ def export_model(
     staging.mkdir(parents=True)
     config, merged = merged_model(model_config, params)
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), merged)
-    checkpointer = ocp.StandardCheckpointer()
+    # Only the calling process writes the export (process 0 of a multi-host run): without this,
+    # Orbax would wait at a barrier for the other processes, which never call it.
+    this_process = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process)
     checkpointer.save(staging / "params", host_params)
     checkpointer.wait_until_finished()
     tokenizer.save(staging / "tokenizer")
