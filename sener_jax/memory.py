@@ -380,7 +380,7 @@ def plan_table(config, *, batch: int, lengths, dtypes=("float32", "bfloat16"), m
         for dtype in dtypes:
             for n in lengths:
                 reports = [predict_memory(config, n, batch, dtype, mode, method=m) for m in methods]
-                cells = " | ".join(f"{r.peak_gib:.2f}" for r in reports)
+                cells = " | ".join(f"{r.peak_gib:.3f}" for r in reports)
                 lines.append(f"| {mode} | {dtype} | {n} | {reports[0].n_words} | {batch} | {cells} |")
     if budget_gib:
         lines.append("")
