@@ -648,6 +648,12 @@ def run_mode(mode: str, config, workdir) -> None:
         output = config.predict.output or str(pathlib.Path(workdir) / "predictions.jsonl")
         written = predict_file(export_dir, config.predict.input, output, batch_size=config.predict.batch_size)
         print(f"wrote {written} predictions to {output}")
+        # Beside the JSON lines, a page to read the entities in their text (sener_jax.render).
+        from sener_jax.render import write_predictions_report
+
+        labels = json.loads((pathlib.Path(export_dir) / "model.json").read_text()).get("labels")
+        report = write_predictions_report(config.predict.input, output, pathlib.Path(output).with_suffix(".html"), labels=labels)
+        print(f"wrote an HTML report to {report}")
     elif mode == "stats":
         from sener_jax.data.coverage import report
 

@@ -238,3 +238,37 @@ def test_predictions_report_pairs_texts_and_entities_by_id(tmp_path):
     predictions.write_text("{not json\n")
     with pytest.raises(ValueError, match="out.jsonl:1"):
         write_predictions_report(inputs, predictions, tmp_path / "bad.html")
+
+
+def test_predict_mode_writes_an_html_report_beside_the_json_lines(tmp_path):
+    """`--mode=predict` end to end on an export of a randomly initialised tiny model (no training)."""
+    import json
+
+    import jax
+
+    from configs import demo
+    from sener_jax import train
+    from sener_jax.export import export_model
+    from sener_jax.models.sener import init_params
+
+    config = demo.get_config("tiny")
+    tokenizer = train.load_tokenizer("synthetic")
+    labels = ["name", "organization"]
+    model_config = train.model_config_from(config, tokenizer.vocab_size, len(labels))
+    params = init_params(model_config, jax.random.PRNGKey(0))
+    export_model(tmp_path / "export", model_config, params, tokenizer, labels, train.inference_settings(config))
+    texts = {"a": "Ulric Brandt <works> at Norvale Institute of Technology.", "b": "Phone: +27 (428) 891-6513"}
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
+    config.eval.threshold = 0.0  # random weights: a zero threshold so that spans come out
+    config.predict.input = str(tmp_path / "in.jsonl")
+    train.run_mode("predict", config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    page = (tmp_path / "predictions.html").read_text()
+    parsed = parse(page.split("<body>", 1)[1].rsplit("</body>", 1)[0])
+    assert "<works>" in parsed.text and "<works>" not in page and "2 of 2 documents shown" in page
+    assert parsed.legend[:2] == labels
+    n_entities = sum(len(r["entities"]) for r in records)
+    assert n_entities > 0 and len({(p["title"]) for p in parsed.pieces}) >= 1
+    for record in records:
+        for entity in record["entities"]:
+            assert f'{entity["label"]} [{entity["start"]}:{entity["end"]}]' in page
