@@ -8,12 +8,13 @@ the per-device batch):
     ShapeDtypeStructs and compiled; XLA's buffer assignment reports arguments, outputs, donated
     aliases and temporaries, and peak = arguments + outputs - aliases + temporaries. Exact for the
     backend it compiles for (CPU here; GPU fusion and layouts differ somewhat).
-  - "analytic": counts, no compilation. Parameters (all leaves, float32), optimizer state (the
-    trainable leaves only: frozen ones have none), the batch, gradients of the trainable leaves,
-    and activations = the residuals autodiff keeps from the forward for the backward (read from
-    the jaxpr of `jax.vjp` of the loss: every saved array that is not an input), plus the largest
-    single residual as the working space of the backward's biggest op. Inference: parameters,
-    batch, logits and the two largest intermediates of the forward alive at once.
+  - "analytic": no compilation. Parameters (all leaves), optimizer state (the trainable leaves
+    only: frozen ones have none), the batch, plus the peak of live buffers when the step's jaxpr
+    runs in program order (`jaxpr_peak_bytes`: buffers freed after their last use, views free,
+    elementwise results consumed only by fusing ops never written, nested calls / remat / loop
+    bodies adding their own peak). It ignores XLA's scheduling, copy insertion and heap packing,
+    and comes out 13-46% BELOW XLA:CPU's compiled figure (benchmarks/RESULTS.md): an optimistic
+    estimate, seconds per prediction even for DeBERTa-large.
 
 `longest_input` searches the token lengths (multiples of `step`) for the longest that fits a
 budget; `plan_table` is what `--mode=plan` prints. Nothing here allocates the model: parameters
