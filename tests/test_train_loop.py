@@ -83,6 +83,13 @@ def test_export_round_trip_matches_training_evaluation(demo_run):
     assert n_spans > 0, "the round trip compared no spans: lower eval.threshold in demo_tiny_config"
 
 
+def test_eval_mode_reproduces_the_training_evaluation(demo_run, capsys):
+    config, workdir, results = demo_run
+    again = train.evaluate_checkpoint(config, workdir)
+    assert again["dev"]["micro"] == results["dev"]["micro"]
+    assert "micro" in capsys.readouterr().out  # the per-type table is printed
+
+
 def test_extract_input_errors_and_empty_text(demo_run):
     _, workdir, _ = demo_run
     extractor = Extractor.load(workdir / "export")
