@@ -6,6 +6,7 @@ one CPU device and XLA's backend optimisation level 0: compiling dominates these
 level does not change what they compute (and not XLA's buffer assignment, which the memory
 numbers come from).
 """
+import importlib.util
 import json
 import pathlib
 
@@ -50,6 +51,7 @@ def outputs_text(notebook) -> str:
                 parts.append(output.text)
             elif output.output_type in ("display_data", "execute_result"):
                 parts.extend(str(v) for k, v in output.data.items() if k.startswith("text/"))
+                parts.extend(f"<{k} output>" for k in output.data if k.startswith("image/"))
     return "\n".join(parts)
 
 
@@ -59,7 +61,7 @@ def notebook_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SENER_NOTEBOOK_WORKDIR", str(tmp_path / "work"))
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: plots become outputs
     return tmp_path / "work"
 
 
@@ -82,6 +84,10 @@ def test_ablations_run_and_report_f1_and_memory(notebook_env):
     notebook = execute("ablations.ipynb")
     text = outputs_text(notebook)
     assert "TINY CPU RUN" in text and "| SeNER |" in text and "| w/o arrow (full attention) |" in text
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert "<image/png output>" in text, "the plot cell drew nothing"
+    else:
+        assert "matplotlib is not installed" in text
     f1 = json.loads((notebook_env / "ablation_f1.json").read_text())
     assert set(f1) == {"SeNER", "w/o arrow (full attention)"} and all(0 <= r["f1"] <= 1 for r in f1.values())
     memory = json.loads((notebook_env / "ablation_memory.json").read_text())
