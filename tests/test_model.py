@@ -1,14 +1,12 @@
 """SeNER model assembly: subword -> word max-pooling and the band logits of the whole model."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sener_jax.models.deberta import EncoderConfig
+from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.sener import SenerConfig, band_logits, init_params, pool_words_dense, pool_words_segment
-from sener_jax.models.span_head import SpanHeadConfig
+from sener_jax.models.span_head import SpanHead, SpanHeadConfig
 
 ENCODER = EncoderConfig(
     vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -76,8 +74,15 @@ def test_band_logits_shapes_lora_paths_and_pooling_impls():
     word_mask = np.asarray(inputs[3])
     assert np.all(np.asarray(logits)[1, ~word_mask[1]] < -1e3)  # padding words: invalid cells
     assert np.all(np.isfinite(np.asarray(logits)))
-    dense = fn(dataclasses.replace(config, pool_impl="dense"), params, *inputs)
-    np.testing.assert_allclose(logits, dense, atol=1e-5)
+    # Pooling words by hand from the encoder output gives the same logits (the pooling path is wired in).
+    @jax.jit
+    def by_hand_fn(params, input_ids, attention, word_index, word_mask):
+        hidden = DebertaEncoder(ENCODER).apply({"params": params["encoder"]}, input_ids, attention)
+        words = pool_words_dense(hidden, word_index, word_mask.shape[1])
+        return SpanHead(HEAD).apply({"params": params["head"]}, words, word_mask)
+
+    by_hand = by_hand_fn(params, *inputs)
+    np.testing.assert_allclose(logits, by_hand, atol=1e-5)
     # Dropout needs a key, and a key changes the output only through dropout.
     with pytest.raises(ValueError, match="rngs"):
         band_logits(config, params, *inputs, deterministic=False)
