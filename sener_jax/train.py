@@ -403,6 +403,8 @@ class Run:
             "model": json.loads(json.dumps(self.model_config.to_dict(), default=list)),
             "labels": self.data.labels,
             "finetune": self.config.train.finetune,
+            # Frozen weights are not checkpointed (they are re-read on resume): their source must match.
+            "pretrained": self.config.model.pretrained,
             "seed": self.config.seed,
             "batch_size": self.config.train.batch_size,
             "total_steps": self.total_steps,
