@@ -142,6 +142,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 16
     config.eval.splits = ("dev", "test")
 
+    # Multi-process runs (sener_jax/distributed.py). Empty coordinator: single process, unless the
+    # environment (SENER_COORDINATOR / SENER_NUM_PROCESSES / SENER_PROCESS_ID) or SLURM says otherwise.
+    config.distributed = ml_collections.ConfigDict(
+        dict(coordinator="", num_processes=0, process_id=0, local_device_ids="", timeout_s=300)
+    )
+
     config.predict = ml_collections.ConfigDict()
     config.predict.export_dir = ""  # default: WORKDIR/export
     config.predict.input = ""  # JSON lines with "text" (and optional "id")
