@@ -12,13 +12,16 @@ Any config value can be overridden: `--config.train.lr_head=1e-3`.
 from __future__ import annotations
 
 import logging
+import pathlib
 
 from absl import app, flags
 from ml_collections import config_flags
 
 MODES = ("train", "eval", "predict", "export", "stats", "config", "plan")
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file (path[:variant]).")
+# The default is found from the repository root, so `python -m sener_jax.main` works from any directory.
+_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (path[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, evaluation and the export.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _PLAN_LENGTHS = flags.DEFINE_list("plan_lengths", ["1024", "2048", "5120"], "--mode=plan: token lengths.")

@@ -15,10 +15,11 @@ from typing import Any, Mapping
 import optax
 from flax import traverse_util
 
+from sener_jax.models.lora import is_lora_path
+
 Params = Mapping[str, Any]
 
 FINETUNE_MODES = ("lora", "full", "head")
-LORA_LEAVES = ("lora_a", "lora_b")
 LORA_TARGETS = ("query_proj", "value_proj")
 
 
@@ -33,7 +34,7 @@ def param_group(path: tuple[str, ...], finetune: str) -> str:
     if finetune == "full":
         return "encoder"
     if finetune == "lora":
-        if path[-1] in LORA_LEAVES:
+        if is_lora_path(path):
             return "lora"
         # SPEC section 8: the query/value biases train together with their LoRA matrices.
         if path[-1] == "bias" and len(path) >= 2 and path[-2] in LORA_TARGETS:

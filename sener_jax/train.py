@@ -48,6 +48,7 @@ from sener_jax.data import (
 from sener_jax.export import export_model
 from sener_jax.losses import span_bce_loss
 from sener_jax.models.deberta import EncoderConfig
+from sener_jax.models.lora import is_lora_path
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
 from sener_jax.models.span_head import SpanHeadConfig, band_cell_mask
 from sener_jax.predict import InferenceSettings, make_logits_fn, predict_documents
@@ -56,8 +57,13 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 BATCH_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "labels", "row_weight")
-# EncoderConfig fields that describe the pretrained geometry (taken from the checkpoint when one is given).
-SENER_ENCODER_FIELDS = ("attention", "attention_impl", "window", "logn", "logn_length", "lora_rank", "lora_alpha", "dtype", "remat")
+# EncoderConfig fields that stay as the config says when a pretrained encoder is loaded: SeNER's own
+# choices and the dropout rates (e.g. attention dropout 0 for the Pallas kernel, which has none).
+# Every other field (the geometry) comes from the checkpoint.
+SENER_ENCODER_FIELDS = (
+    "attention", "attention_impl", "window", "logn", "logn_length", "lora_rank", "lora_alpha", "dtype", "remat",
+    "hidden_dropout_prob", "attention_probs_dropout_prob",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ def load_pretrained_encoder(spec: str, random_params: dict) -> dict:
     loaded = traverse_util.flatten_dict(jax.device_get(loaded))
     out = {}
     for path, fresh in traverse_util.flatten_dict(random_params).items():
-        if path[-1] in optim.LORA_LEAVES:
+        if is_lora_path(path):
             out[path] = fresh
             continue
         if path not in loaded:

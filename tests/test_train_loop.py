@@ -15,8 +15,9 @@ import pytest
 from flax import traverse_util
 
 from configs import demo, profiling07, scholarxl, scirex
-from sener_jax import checkpointing, convert, optim, train
+from sener_jax import checkpointing, convert, train
 from sener_jax.data import word_span_to_chars
+from sener_jax.models.lora import is_lora_path
 from sener_jax.predict import Extractor, make_logits_fn, predict_documents, predict_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_pretrained_encoder_is_loaded_and_lora_stays_fresh(tmp_path):
     config = scirex.get_config("tiny")
     model_config = train.model_config_from(config, vocab_size=50, num_types=2)
     random_encoder = train.init_params(model_config, jax.random.PRNGKey(7))["encoder"]
-    plain = {k: v for k, v in traverse_util.flatten_dict(random_encoder).items() if k[-1] not in optim.LORA_LEAVES}
+    plain = {k: v for k, v in traverse_util.flatten_dict(random_encoder).items() if not is_lora_path(k)}
     convert.save_encoder(tmp_path / "enc", train.dataclasses.replace(model_config.encoder, lora_rank=0),
                          traverse_util.unflatten_dict(plain))
     config.model.pretrained = str(tmp_path / "enc")
