@@ -38,11 +38,11 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from sener_jax.convert import (
     IGNORED_BUFFERS,
     assign_params,
-    flatten_params,
     flax_path_to_hf_key,
     read_safetensors,
 )
@@ -346,7 +346,7 @@ def load_authors_checkpoint(
     lora = config.encoder.lora_rank > 0
     expected = {
         path: tuple(leaf.shape)
-        for path, leaf in flatten_params(jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))).items()
+        for path, leaf in traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))).items()
     }
 
     def key_for(path: tuple[str, ...]) -> tuple[str, bool]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from sener_jax.models.deberta import EncoderConfig, init_encoder_params
 
@@ -128,30 +129,10 @@ def flax_path_to_hf_key(path: tuple[str, ...]) -> tuple[str, bool]:
     return ".".join(parts + [leaf]), transpose
 
 
-def flatten_params(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
-    flat = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, prefix + (name,)))
-        else:
-            flat[prefix + (name,)] = value
-    return flat
-
-
-def unflatten_params(flat: Mapping[tuple[str, ...], object]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
-
-
 def expected_param_shapes(config: EncoderConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat {Flax path: shape} of a `DebertaEncoder(config)` (abstract init, nothing allocated)."""
     shapes = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
-    return {path: tuple(leaf.shape) for path, leaf in flatten_params(shapes).items()}
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes).items()}
 
 
 def split_encoder_state(state: Mapping[str, np.ndarray], prefix: str = ENCODER_PREFIX):
@@ -200,7 +181,7 @@ def assign_params(
             problems.append(f"unexpected key {key!r} (shape {tuple(np.asarray(state[key]).shape)})")
     if problems:
         raise ValueError(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return unflatten_params(flat)
+    return traverse_util.unflatten_dict(flat)
 
 
 def hf_state_to_params(state: Mapping[str, np.ndarray], config: EncoderConfig, source: str = "checkpoint") -> dict:
