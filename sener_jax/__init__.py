@@ -4,7 +4,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # `sener_jax.Extractor` without importing jax/flax when only the package is imported.
+    # `sener_jax.Extractor` is resolved on first use, not imported here: every `import sener_jax.x`
+    # runs this file first, and an eager import would load jax/flax/orbax even for the light modules
+    # (render, prediction_io, data readers). Not a cycle guard: predict never imports this package.
     if name == "Extractor":
         from sener_jax.predict import Extractor
 

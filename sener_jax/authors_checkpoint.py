@@ -23,6 +23,10 @@ PyTorch Linear (out, in) becomes a Flax kernel (in, out); Conv2d (out, in, kh, k
 (row i, band index k) becomes HWIO (kh, kw, in, out). Every key must be consumed and every shape
 must match, or loading fails naming the keys.
 
+Command line (an export directory for `Extractor.load` / `--mode=predict`):
+
+    python -m sener_jax.authors_checkpoint --authors CKPT.pth --encoder NAME_OR_DIR --labels scholar-xl OUT_DIR
+
 Label orders. A checkpoint stores only R = rows of `down_fc`; which row is which label comes from
 the authors' training script (`sener/train.py`, its `ent2id` per task), reproduced in
 `AUTHORS_LABELS`. Those orders are the authors' own, not sorted; the shared data README lists the
@@ -34,6 +38,7 @@ import argparse
 import dataclasses
 import pathlib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -46,6 +51,8 @@ from sener_jax.convert import (
     flax_path_to_hf_key,
     read_safetensors,
 )
+from sener_jax.data import load_tokenizer
+from sener_jax.export import InferenceSettings, export_model
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.lora import merge_lora
 from sener_jax.models.sener import SenerConfig, init_params
@@ -93,7 +100,7 @@ def read_authors_state(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
-        import torch
+        import torch  # deferred: heavy and optional, only a .pth needs it
     except ImportError as error:
         raise ImportError(
             f"{path}: reading a PyTorch checkpoint needs torch (pip install torch); or save the same "
@@ -304,7 +311,8 @@ def _as_encoder_config(encoder_config) -> EncoderConfig:
     path = pathlib.Path(encoder_config)
     if path.is_dir() or path.is_file():
         return EncoderConfig.from_hf_config(path)
-    from huggingface_hub import hf_hub_download  # a hub name: its config.json is all we need
+    # Deferred: optional, and only a hub name needs it (its config.json is all we need).
+    from huggingface_hub import hf_hub_download
 
     return EncoderConfig.from_hf_config(pathlib.Path(hf_hub_download(str(encoder_config), "config.json")))
 
@@ -378,7 +386,7 @@ def _labels_argument(text: str) -> int | str | list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sener_jax.convert --authors",
+        prog="python -m sener_jax.authors_checkpoint",
         description="Turn an authors' SeNER checkpoint (.pth or .safetensors) into a sener_jax export directory.",
     )
     parser.add_argument("--authors", required=True, help="the authors' checkpoint (.pth needs torch; .safetensors does not)")
@@ -390,11 +398,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or directory (default: --encoder)")
     parser.add_argument("out_dir", help="export directory to write (replaced if it exists)")
     args = parser.parse_args(argv)
-
-    from sener_jax.data import load_tokenizer
-    from sener_jax.export import export_model
-    from sener_jax.predict import InferenceSettings
-
     config, params = load_authors_checkpoint(args.authors, args.encoder, _labels_argument(args.labels))
     labels = resolve_labels(_labels_argument(args.labels), config.head.num_types)
     tokenizer = load_tokenizer(args.tokenizer or args.encoder)
@@ -407,3 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     print(f"wrote {out} ({count:,} parameters, {len(labels)} labels: {', '.join(labels)})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,11 +6,10 @@ Orbax export of converted params with a matching loader.
 writes OUT_DIR/encoder_config.json and OUT_DIR/params (Orbax); `load_encoder(OUT_DIR)` reads
 them back.
 
-    python -m sener_jax.convert --authors CKPT.pth --encoder NAME_OR_DIR --labels scholar-xl OUT_DIR
-
-writes an export directory (`Extractor.load`) from the SeNER authors' released checkpoint
-(see `sener_jax.authors_checkpoint`; `load_authors_checkpoint` is re-exported here). The small helpers (state-dict readers, key mapping, shape checking) are meant to be
-reused by other checkpoint formats.
+The SeNER authors' released checkpoints have their own loader and command,
+`python -m sener_jax.authors_checkpoint` (it builds on this module; this module never imports it).
+The small helpers here (state-dict readers, key mapping, shape checking) are meant to be reused by
+other checkpoint formats.
 """
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from sener_jax.models.deberta import EncoderConfig, init_encoder_params
@@ -69,7 +69,7 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
-        import torch
+        import torch  # deferred: heavy and optional, only pytorch_model.bin needs it
     except ImportError as error:
         raise ImportError(f"{path}: reading pytorch_model.bin needs torch (or convert it to safetensors)") from error
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -210,7 +210,7 @@ def resolve_model_dir(name_or_path: str | pathlib.Path) -> pathlib.Path:
     text = str(name_or_path)
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise FileNotFoundError(f"{text}: not a model directory")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: optional, only hub names need it
 
     patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json"]
     return pathlib.Path(snapshot_download(repo_id=text, allow_patterns=patterns))
@@ -231,8 +231,6 @@ def load_hf_deberta(path: str | pathlib.Path, **config_overrides) -> tuple[Encod
 
 def save_encoder(out_dir: str | pathlib.Path, config: EncoderConfig, params: Mapping) -> pathlib.Path:
     """Write OUT_DIR/encoder_config.json and OUT_DIR/params (an Orbax checkpoint)."""
-    import orbax.checkpoint as ocp
-
     out_dir = pathlib.Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / PARAMS_DIR).exists():
@@ -246,8 +244,6 @@ def save_encoder(out_dir: str | pathlib.Path, config: EncoderConfig, params: Map
 
 def load_encoder(out_dir: str | pathlib.Path) -> tuple[EncoderConfig, dict]:
     """(EncoderConfig, params) written by `save_encoder` / `python -m sener_jax.convert`."""
-    import orbax.checkpoint as ocp
-
     out_dir = pathlib.Path(out_dir).resolve()
     config_path = out_dir / CONFIG_FILE
     if not config_path.is_file():
@@ -261,9 +257,15 @@ def load_encoder(out_dir: str | pathlib.Path) -> tuple[EncoderConfig, dict]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg == "--authors" or arg.startswith("--authors=") for arg in argv):
-        from sener_jax.authors_checkpoint import main as authors_main
-
-        return authors_main(argv)
+        # The old spelling of the authors' converter. Not forwarded: authors_checkpoint imports this
+        # module, so calling it from here (even imported inside this function) would be an import
+        # circle again; a clear pointer to the new command costs the user one word.
+        print(
+            "error: `python -m sener_jax.convert --authors ...` moved to `python -m sener_jax.authors_checkpoint "
+            "--authors ...` (same arguments)",
+            file=sys.stderr,
+        )
+        return 2
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="Hugging Face model directory or hub name (e.g. microsoft/deberta-v3-large)")
     parser.add_argument("out_dir", help="output directory (encoder_config.json + Orbax params)")
@@ -273,15 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     count = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     print(f"wrote {out} ({count:,} parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size})")
     return 0
-
-
-def __getattr__(name: str):
-    # Lazy re-export: authors_checkpoint builds on this module's helpers, so a top-level import would cycle.
-    if name == "load_authors_checkpoint":
-        from sener_jax.authors_checkpoint import load_authors_checkpoint
-
-        return load_authors_checkpoint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 Layout of `export_dir`:
     params/            Orbax checkpoint of {"encoder": ..., "head": ...} (LoRA merged: plain DeBERTa weights)
-    model.json         {"format_version", "model": SenerConfig.to_dict(), "labels": [...], "inference": {...}}
+    model.json         {"format_version", "model": SenerConfig.to_dict(), "labels": [...],
+                        "inference": InferenceSettings as a dict}
     tokenizer/         the tokenizer's own files (reload with sener_jax.data.load_tokenizer)
+
+`InferenceSettings` lives here because it is part of this format (model.json stores it);
+`sener_jax.predict` builds on this module, never the other way. `load_export` is the one reader
+of model.json.
 """
 from __future__ import annotations
 
@@ -18,11 +23,29 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sener_jax.data import load_tokenizer
+from sener_jax.data import length_buckets, load_tokenizer
 from sener_jax.models.lora import merge_lora
 from sener_jax.models.sener import SenerConfig
 
 FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How documents are cut and decoded (saved with an export so that loading reproduces it)."""
+
+    max_tokens: int = 5120
+    overlap_words: int = 128
+    threshold: float = 0.5
+    token_bucket_base: int = 128  # padded token lengths: base * 2**k, capped at max_tokens
+    word_bucket_base: int = 32
+
+    def buckets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Fixed length buckets, so every call compiles at most one program per bucket pair."""
+        top_tokens = -(-self.max_tokens // self.token_bucket_base) * self.token_bucket_base
+        token_buckets = length_buckets(top_tokens, min(self.token_bucket_base, top_tokens))
+        max_words = max(self.max_tokens - 2, 1)
+        return token_buckets, length_buckets(max_words, min(self.word_bucket_base, max_words))
 
 
 @dataclasses.dataclass
@@ -31,7 +54,7 @@ class ExportedModel:
     params: Any
     tokenizer: Any
     labels: list[str]
-    settings: Any  # predict.InferenceSettings
+    settings: InferenceSettings
 
 
 def merged_model(model_config: SenerConfig, params: dict) -> tuple[SenerConfig, dict]:
@@ -48,7 +71,7 @@ def export_model(
     params: dict,
     tokenizer,
     labels: Sequence[str],
-    settings,
+    settings: InferenceSettings,
 ) -> pathlib.Path:
     """Writes the export directory (replacing an existing one) and returns its path."""
     export_dir = pathlib.Path(export_dir).resolve()
@@ -80,8 +103,6 @@ def export_model(
 
 
 def load_export(export_dir: str | os.PathLike) -> ExportedModel:
-    from sener_jax.predict import InferenceSettings  # predict imports this module lazily too
-
     export_dir = pathlib.Path(export_dir).resolve()
     meta_path = export_dir / "model.json"
     if not meta_path.is_file():

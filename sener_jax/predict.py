@@ -6,8 +6,6 @@ band logits -> decode -> merge), used both by the dev/test evaluation in `train.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -20,7 +18,6 @@ from tqdm.auto import tqdm
 
 from sener_jax.data import (
     Document,
-    length_buckets,
     make_batches,
     merge_documents,
     segment_documents,
@@ -28,30 +25,15 @@ from sener_jax.data import (
     word_span_to_chars,
 )
 from sener_jax.decode import decode_spans
+# InferenceSettings is defined with the export format; `sener_jax.predict.InferenceSettings` stays the same class.
+from sener_jax.export import InferenceSettings, load_export
 from sener_jax.models.sener import SenerConfig, band_logits
+from sener_jax.prediction_io import done_ids, read_inputs, write_predictions
 
 logger = logging.getLogger(__name__)
 
 LogitsFn = Callable[[Any, Mapping[str, np.ndarray]], jax.Array]
 MODEL_INPUTS = ("input_ids", "attention_mask", "word_index", "word_mask")
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceSettings:
-    """How documents are cut and decoded (saved with an export so that loading reproduces it)."""
-
-    max_tokens: int = 5120
-    overlap_words: int = 128
-    threshold: float = 0.5
-    token_bucket_base: int = 128  # padded token lengths: base * 2**k, capped at max_tokens
-    word_bucket_base: int = 32
-
-    def buckets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Fixed length buckets, so every call compiles at most one program per bucket pair."""
-        top_tokens = -(-self.max_tokens // self.token_bucket_base) * self.token_bucket_base
-        token_buckets = length_buckets(top_tokens, min(self.token_bucket_base, top_tokens))
-        max_words = max(self.max_tokens - 2, 1)
-        return token_buckets, length_buckets(max_words, min(self.word_bucket_base, max_words))
 
 
 def make_logits_fn(model_config: SenerConfig, mesh: Mesh | None = None) -> LogitsFn:
@@ -122,8 +104,6 @@ class Extractor:
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike) -> "Extractor":
-        from sener_jax.export import load_export
-
         exported = load_export(export_dir)
         return cls(exported.model_config, exported.params, exported.tokenizer, exported.labels, exported.settings)
 
@@ -168,45 +148,6 @@ class Extractor:
         return results[0] if single else results
 
 
-def _read_jsonl_inputs(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """[(id, text)] of a JSON-lines file; "id" defaults to the line number (1-based)."""
-    items = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({error})") from error
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{line_no}: expected an object with a string field 'text'")
-            items.append((str(record.get("id", line_no)), record["text"]))
-    ids = [i for i, _ in items]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: id {duplicate!r} occurs more than once")
-    return items
-
-
-def _done_ids(output: pathlib.Path) -> set[str]:
-    """Ids already written by an earlier (possibly killed) run; a torn last line is dropped."""
-    if not output.is_file():
-        return set()
-    done, lines = set(), output.read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: rewrite from here
-        done.add(str(record["id"]))
-        keep.append(line)
-    if len(keep) != len(lines) or (keep and not keep[-1].endswith("\n")):
-        output.write_text("".join(line if line.endswith("\n") else line + "\n" for line in keep), encoding="utf-8")
-    return done
-
-
 def predict_file(export_dir, input_path, output_path, *, batch_size: int = 8) -> int:
     """Streams a JSON-lines file ({"text", optional "id"}) through the exported model.
 
@@ -215,10 +156,10 @@ def predict_file(export_dir, input_path, output_path, *, batch_size: int = 8) ->
     """
     if not input_path:
         raise ValueError("config.predict.input is empty: give a JSON-lines file with a 'text' field per line")
-    items = _read_jsonl_inputs(input_path)
+    items = read_inputs(input_path)
     output = pathlib.Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(output)
+    done = done_ids(output)
     todo = [(i, text) for i, text in items if i not in done]
     if done:
         logger.info("%s: %d of %d inputs already done, skipped", output, len(items) - len(todo), len(items))
@@ -228,9 +169,7 @@ def predict_file(export_dir, input_path, output_path, *, batch_size: int = 8) ->
         for lo in range(0, len(todo), batch_size):
             chunk = todo[lo : lo + batch_size]
             entities = extractor.extract([text for _, text in chunk], batch_size=batch_size)
-            for (item_id, _), ents in zip(chunk, entities):
-                handle.write(json.dumps({"id": item_id, "entities": ents}, ensure_ascii=False) + "\n")
-            handle.flush()
+            write_predictions(handle, [item_id for item_id, _ in chunk], entities)
             written += len(chunk)
             bar.update(len(chunk))
     return written

@@ -15,9 +15,10 @@ import bisect
 import colorsys
 import dataclasses
 import html
-import json
 import pathlib
 from typing import Iterable, Mapping, Sequence
+
+from sener_jax.prediction_io import read_inputs, read_predictions
 
 # Light backgrounds that keep black text readable; after these, hues by the golden angle.
 PALETTE = (
@@ -199,18 +200,8 @@ def write_predictions_report(input_path, predictions_path, html_path, *, labels:
 
     Only the first `max_documents` inputs go into the page (the page says so): it is for reading.
     """
-    from sener_jax.predict import _read_jsonl_inputs  # the same id rules as the predictions
-
-    items = _read_jsonl_inputs(input_path)
-    entities_by_id = {}
-    with open(predictions_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                    entities_by_id[str(record["id"])] = record["entities"]
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise ValueError(f"{predictions_path}:{line_no}: expected {{'id', 'entities'}} JSON ({error})") from error
+    items = read_inputs(input_path)
+    entities_by_id = read_predictions(predictions_path)
     shown = [(i, text, entities_by_id.get(i, [])) for i, text in items[:max_documents]]
     missing = sum(1 for i, _ in items if i not in entities_by_id)
     note = f"{len(shown)} of {len(items)} documents shown" + (f"; {missing} have no predictions yet" if missing else "")

@@ -140,7 +140,7 @@ def ours():
 
 
 def _load(checkpoint, **kwargs):
-    from sener_jax.convert import load_authors_checkpoint  # the public re-export
+    from sener_jax.authors_checkpoint import load_authors_checkpoint
 
     return load_authors_checkpoint(checkpoint, ENCODER, HEAD.num_types, head_window=HEAD.window, **kwargs)
 
@@ -241,7 +241,7 @@ def test_labels_by_dataset_name_follow_the_authors_order():
 
 
 def test_cli_export_loads_with_extractor_and_extracts(ours, tmp_path):
-    from sener_jax.convert import main
+    from sener_jax.authors_checkpoint import main
     from sener_jax.predict import Extractor
 
     encoder_dir = tmp_path / "encoder"
@@ -262,3 +262,23 @@ def test_cli_export_loads_with_extractor_and_extracts(ours, tmp_path):
     assert isinstance(entities, list)
     for entity in entities:
         assert text[entity["start"] : entity["end"]] == entity["text"] and entity["label"] in extractor.labels
+
+
+def test_module_entry_point_and_the_old_convert_spelling(capsys):
+    """`python -m sener_jax.authors_checkpoint` runs `main`; `convert --authors` points there."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from sener_jax.convert import main as convert_main
+
+    repo = pathlib.Path(__file__).resolve().parents[1]  # this checkout's sener_jax, not an installed one
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    assert convert_main(["--authors", "x.pth", "--encoder", "e", "--labels", "scirex", "out"]) == 2
+    assert "python -m sener_jax.authors_checkpoint --authors" in capsys.readouterr().err
+    result = subprocess.run([sys.executable, "-m", "sener_jax.authors_checkpoint", "--help"],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m sener_jax.authors_checkpoint") and "--encoder" in result.stdout

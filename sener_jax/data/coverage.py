@@ -23,7 +23,9 @@ import numpy as np
 
 from sener_jax.data.documents import Document
 from sener_jax.data.labels import is_representable
+from sener_jax.data.readers import read_documents
 from sener_jax.data.segment import word_windows
+from sener_jax.data.tokenizer import load_tokenizer
 
 CUTS = ("words", "subwords")
 
@@ -152,9 +154,6 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from sener_jax.data.readers import read_documents
-    from sener_jax.data.tokenizer import load_tokenizer
-
     parser = argparse.ArgumentParser(description="Table-1 statistics and entity coverage of NER datasets.")
     parser.add_argument("paths", nargs="+", help="dataset files (any format read_documents reads; .gz ok)")
     parser.add_argument("--tokenizer", required=True, help='HF tokenizer name/dir, a saved tokenizer dir, or "synthetic"')

@@ -5,6 +5,8 @@ list changes token ids: saved synthetic tokenizers keep their own vocabulary for
 """
 from __future__ import annotations
 
+from sener_jax.data.documents import split_words
+
 FIRST_NAMES = (
     "Arlen Bexa Corvin Dalia Emrik Fenna Galen Hesta Ivor Jorna Kaelen Lirra Marek Nessa Orin "
     "Pella Quillan Rhea Soren Tamsin Ulric Vesna Wendel Xara Yorick Zelda Alvar Brisa Cato Delphine"
@@ -89,8 +91,6 @@ CUE_WORDS = (
 
 def lexicon_words() -> list[str]:
     """Every whole word the generator writes (after `split_words`), in a fixed order."""
-    from sener_jax.data.documents import split_words
-
     pieces: list[str] = []
     pieces += FIRST_NAMES + LAST_NAMES + PLACES
     pieces += [n.lower() for n in FIRST_NAMES + LAST_NAMES + PLACES]

@@ -19,6 +19,8 @@ import json
 import os
 from typing import Sequence
 
+from sener_jax.data.lexicon import lexicon_words
+
 SYNTHETIC_FILE = "synthetic_tokenizer.json"
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 
@@ -74,7 +76,7 @@ class Tokenizer(_CachedWordEncoder):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike) -> "Tokenizer":
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # deferred: heavy, and the synthetic tokenizer needs none of it
 
         return cls(AutoTokenizer.from_pretrained(os.fspath(name_or_dir)))
 
@@ -104,8 +106,6 @@ class SyntheticTokenizer(_CachedWordEncoder):
 
     @classmethod
     def default(cls) -> "SyntheticTokenizer":
-        from sener_jax.data.lexicon import lexicon_words
-
         chars = [chr(c) for c in range(33, 127)]
         return cls(lexicon_words(), chars)
 

@@ -54,6 +54,8 @@ def banded_attention(
         if unknown:
             raise ValueError(f"impl='xla' takes only the option 'block', got {sorted(unknown)}")
         return banded_attention_xla(*args, **common, dropout_rate=dropout_rate, dropout_rng=dropout_rng, **impl_options)
+    # Deferred on purpose: the Pallas kernel module is only needed for impl='pallas', and importing it
+    # where Pallas (or its GPU/TPU backend) is unavailable must not break the reference and xla paths.
     try:
         from .band_pallas import banded_attention_pallas
     except ImportError as error:  # the kernel module is optional at import time
