@@ -16,7 +16,8 @@ of DeepSpeed with `torch.save`. So a key looks like
 - `cross_layers.n.{pos_embed, h_qkv, v_qkv, dense, LayerNorm, conv1.conv2d, conv2.conv2d,
   LayerNorm2, embed_positions}`; `embed_positions` is the fixed RoFormer sinusoid table (sin in the
   first c/2 columns, cos in the last), not a parameter of ours: it is checked against the RoPE
-  table the span head uses and consumed;
+  table the span head uses and consumed; released checkpoints hold it shrunk by weight decay to
+  a * table, and that a is folded into the q/k columns of h_qkv/v_qkv (`check_sinusoid_tables`);
 - `down_fc` (R, c).
 
 PyTorch Linear (out, in) becomes a Flax kernel (in, out); Conv2d (out, in, kh, kw) over
@@ -274,28 +275,62 @@ def _head_key(path: tuple[str, ...]) -> tuple[str, bool]:
     return f"{module}.{leaf}", False
 
 
-def check_sinusoid_tables(state: Mapping[str, np.ndarray], num_blocks: int, channels: int, band_width: int) -> list[str]:
-    """Check each block's `embed_positions.weight` is the RoPE table our span head uses; returns the keys.
+def check_sinusoid_tables(
+    state: Mapping[str, np.ndarray], num_blocks: int, channels: int, band_width: int
+) -> dict[str, float]:
+    """Check each block's `embed_positions.weight` is a * (the RoPE table our span head uses); {key: a}.
 
-    A different table would change the attention, so anything but rounding differences is an error.
+    The authors' table is an nn.Parameter that never gets a gradient (its forward runs under
+    torch.no_grad()) but sits in AdamW's weight-decay group, and DeepSpeed ZeRO-2 hands it zero
+    gradients: decoupled weight decay shrinks the whole table by one factor over a run (released
+    checkpoints hold about 0.99-0.995 times the sinusoid). Their RoPE multiplies q and k by that
+    table, so a table a * sinusoid computes RoPE(a q), RoPE(a k): exactly our RoPE on q and k scaled
+    by a, which `fold_rope_scales` puts into the q/k columns. Any other table is an error.
     """
-    keys = []
+    scales: dict[str, float] = {}
     for block in range(num_blocks):
         key = f"cross_layers.{block}.embed_positions.weight"
         if key not in state:
             raise ValueError(f"missing key {key!r} (the fixed RoFormer sinusoid table of BiSPA block {block})")
-        table = np.asarray(state[key], np.float32)
+        table = np.asarray(state[key], np.float64)
         if table.ndim != 2 or table.shape[1] != channels or table.shape[0] < band_width:
             raise ValueError(f"key {key!r} has shape {table.shape}, expected (>= {band_width}, {channels})")
         sin, cos = rope_table(np.arange(table.shape[0]), channels)
-        error = float(np.max(np.abs(table - np.concatenate([sin, cos], axis=-1))))
-        if not error <= _SINUSOID_ATOL:
+        exact = np.concatenate([sin, cos], axis=-1).astype(np.float64)
+        if float(np.max(np.abs(table - exact))) <= _SINUSOID_ATOL:
+            scales[key] = 1.0  # the untouched table (a = 1 up to float32 rounding): params stay bit-exact
+            continue
+        # Least-squares scale; the cos half (1 at position 0) keeps the denominator far from 0.
+        scale = float(np.sum(table * exact) / np.sum(exact * exact))
+        error = float(np.max(np.abs(table - scale * exact)))
+        # The tolerance scales with a: the decayed table was rounded to float32 at its own magnitude.
+        if not (0.0 < scale <= 1.0 + _SINUSOID_ATOL and error <= _SINUSOID_ATOL * max(scale, 1e-3)):
             raise ValueError(
-                f"key {key!r} is not the RoFormer sinusoid table (sin | cos, base 10000) our span head "
-                f"applies as RoPE (max difference {error:.3g}); loading it would change the computation"
+                f"key {key!r} is not a * the RoFormer sinusoid table (sin | cos, base 10000) for one "
+                f"scalar 0 < a <= 1 (best a = {scale:.6g}, max difference from a * table {error:.3g}); "
+                "our span head applies that table as RoPE, so loading anything else would change the computation"
             )
-        keys.append(key)
-    return keys
+        scales[key] = min(scale, 1.0)
+    return scales
+
+
+def fold_rope_scales(state: dict[str, np.ndarray], scales: Mapping[str, float], channels: int) -> None:
+    """Fold each block's sinusoid scale a into the q and k outputs of its h_qkv and v_qkv (in place).
+
+    RoPE is linear in its input, so RoPE(a q) = a RoPE(q): scaling the q and k rows (the first 2c of
+    the torch (3c, c) weight and of the bias; v untouched) reproduces their attention logits a^2 q.k.
+    """
+    for key, scale in scales.items():
+        if scale == 1.0:
+            continue
+        block = key[: -len("embed_positions.weight")]
+        for projection in ("h_qkv", "v_qkv"):
+            for leaf in ("weight", "bias"):
+                name = f"{block}{projection}.{leaf}"
+                if name in state and np.shape(state[name])[0] == 3 * channels:  # else assign_params names it
+                    value = np.array(state[name], np.float32)
+                    value[: 2 * channels] *= np.float32(scale)
+                    state[name] = value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,8 +379,10 @@ def load_authors_checkpoint(
     config = authors_config(state, _as_encoder_config(encoder_config), lora_alpha=lora_alpha, head_window=head_window)
     resolve_labels(labels, config.head.num_types)
 
-    for key in check_sinusoid_tables(state, config.head.num_blocks, config.head.channels, config.head.band_width):
+    scales = check_sinusoid_tables(state, config.head.num_blocks, config.head.channels, config.head.band_width)
+    for key in scales:
         del state[key]
+    fold_rope_scales(state, scales, config.head.channels)
     # assign_params turns a transposed key around with `.T`, which reverses all four axes of a conv
     # weight; swapping kh/kw first makes that the wanted (out, in, kh, kw) -> (kh, kw, in, out).
     for key in [k for k in state if k.endswith(".conv2d.weight") and np.ndim(state[k]) == 4]:

@@ -216,8 +216,9 @@ def test_missing_extra_and_misshaped_keys_fail_naming_the_key(ours):
     bad = "cross_layers.1.conv2.conv2d.weight"
     with pytest.raises(ValueError, match=f"key '{bad}' has shape"):
         _load({**state, bad: np.zeros((8, 8, 3, 2), np.float32)})
-    with pytest.raises(ValueError, match="'cross_layers.0.embed_positions.weight' is not the RoFormer sinusoid"):
-        _load({**state, "cross_layers.0.embed_positions.weight": _sinusoid(512, 8) / np.sqrt(8)})
+    # A multiple a * table (0 < a <= 1) is accepted (weight decay); a different table is not.
+    with pytest.raises(ValueError, match="'cross_layers.0.embed_positions.weight' is not a \\* the RoFormer sinusoid"):
+        _load({**state, "cross_layers.0.embed_positions.weight": _sinusoid(512, 8)[:, ::-1].copy()})
     with pytest.raises(ValueError, match="down_fc.weight has 4 rows"):
         from sener_jax.authors_checkpoint import load_authors_checkpoint
 

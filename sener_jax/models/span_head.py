@@ -30,6 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sener_jax.models.torch_init import (
+    torch_conv_kernel_init,
+    torch_linear_bias_init,
+    torch_linear_kernel_init,
+    torch_xavier_normal_init,
+)
+
 # Logit written into invalid band cells: sigmoid gives exactly 0, and it is finite in bf16/fp32.
 INVALID_LOGIT = -1e9
 # LayerNorm epsilon inside BiSPA blocks (PyTorch default).
@@ -297,8 +304,9 @@ class _DenseParams(nn.Module):
 
     @nn.compact
     def __call__(self):
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.features_in, self.features_out))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features_out,))
+        # PyTorch nn.Linear defaults, as the authors' h_qkv / v_qkv start.
+        kernel = self.param("kernel", torch_linear_kernel_init(), (self.features_in, self.features_out))
+        bias = self.param("bias", torch_linear_bias_init(self.features_in), (self.features_out,))
         return kernel, bias
 
 
@@ -309,7 +317,15 @@ class _ConvKernel(nn.Module):
 
     @nn.compact
     def __call__(self):
-        return self.param("kernel", nn.initializers.lecun_normal(), (3, 3, self.channels, self.channels))
+        # PyTorch nn.Conv2d default (the authors' MaskConv2d keeps it).
+        return self.param("kernel", torch_conv_kernel_init(), (3, 3, self.channels, self.channels))
+
+
+def _torch_dense(features_in: int, features_out: int, name: str) -> nn.Dense:
+    """nn.Dense initialised like PyTorch's nn.Linear (the authors' head keeps its defaults)."""
+    return nn.Dense(
+        features_out, kernel_init=torch_linear_kernel_init(), bias_init=torch_linear_bias_init(features_in), name=name
+    )
 
 
 def _layer_norm(name: str) -> nn.LayerNorm:
@@ -327,10 +343,11 @@ class BiSPABlock(nn.Module):
     def __call__(self, x, valid, deterministic: bool):
         cfg = self.config
         c, w = cfg.channels, cfg.window
-        pos_embed = nn.Embed(2, c, name="pos_embed")
+        # The authors' CrossTransformer re-initialises nn.Embedding(2, c) with xavier_normal_ (gain 1).
+        pos_embed = nn.Embed(2, c, embedding_init=torch_xavier_normal_init(), name="pos_embed")
         h_kernel, h_bias = _DenseParams(c, 3 * c, name="h_qkv")()
         v_kernel, v_bias = _DenseParams(c, 3 * c, name="v_qkv")()
-        dense = nn.Dense(c, name="dense")
+        dense = _torch_dense(2 * c, c, "dense")
         ln1 = _layer_norm("LayerNorm")
         conv1 = _ConvKernel(c, name="conv1")()
         conv2 = _ConvKernel(c, name="conv2")()
@@ -399,20 +416,22 @@ class SpanHead(nn.Module):
         mlp_drop = nn.Dropout(cfg.mlp_dropout)
 
         def mlp(name):
-            h = nn.Dense(cfg.biaffine_dim, name=name)(mlp_drop(word_states, deterministic=deterministic))
+            h = _torch_dense(word_states.shape[-1], cfg.biaffine_dim, name)(mlp_drop(word_states, deterministic=deterministic))
             h = nn.gelu(h, approximate=False)
             return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)  # [h; 1]
 
         h_hat, t_hat = mlp("head_mlp"), mlp("tail_mlp")
-        u = self.param("U", nn.initializers.xavier_normal(batch_axis=(0,)), (c, p, p))
-        w_lin = self.param("W", nn.initializers.xavier_normal(), (c, 2 * p))
+        # torch xavier_normal_ over the whole tensors, as the authors: for U (c, p, p) PyTorch's fans are
+        # p*p and c*p (std sqrt(2/(p^2 + c p)) = 0.0122 at c=32, p=101), not one slice's.
+        u = self.param("U", torch_xavier_normal_init(), (c, p, p))
+        w_lin = self.param("W", torch_xavier_normal_init(), (c, 2 * p))
         # Linear term as two per-word projections: W_o . [drop(h_i); drop(t_j)] = (W_h drop(h_i))_o + (W_t drop(t_j))_o.
         lin_h = mlp_drop(h_hat, deterministic=deterministic) @ w_lin[:, :p].T  # (B, L, c)
         lin_t = mlp_drop(t_hat, deterministic=deterministic) @ w_lin[:, p:].T
 
         block_cls = nn.remat(BiSPABlock, static_argnums=(3,)) if cfg.remat_blocks else BiSPABlock
         blocks = [block_cls(cfg, name=f"cross_layers_{n}") for n in range(cfg.num_blocks)] if cfg.use_bispa else []
-        down_fc = nn.Dense(cfg.num_types, name="down_fc")
+        down_fc = _torch_dense(c, cfg.num_types, "down_fc")
 
         if cfg.impl == "band":
             valid = band_cell_mask(word_mask, w)
