@@ -6,9 +6,11 @@ forward + backward with the base weights frozen and LoRA (rank 8) on query_proj 
 gradient is taken w.r.t. the LoRA leaves only (so XLA drops the frozen weights' gradients). The
 step runs with deterministic=True (no dropout) for both implementations.
 
-Before the encoder table, a first child process checks the Pallas kernel against the dense
-reference on the device (float32, with padding and the global key) and times the banded
-attention alone (xla vs pallas, forward+backward) at every length.
+Before the encoder table, a first child process (alone with --check-only) prints versions and
+device, compiles the Pallas kernel (forward, forward+backward), checks it in bf16 against the XLA
+path and the float32 reference (padding, an all-masked row, with and without the global key), and
+only then times the banded attention alone (xla vs pallas, forward+backward; 16k tokens first); see
+`run_kernel_check`.
 
 Per (impl, length) row: compile time, step time (median of --steps timed steps after --warmup
 steps), tokens/s, achieved TFLOP/s and peak device memory (`memory_stats()['peak_bytes_in_use']`
@@ -70,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--impl-child", choices=["xla", "pallas", "check"], help=argparse.SUPPRESS)
     parser.add_argument("--no-kernel-check", action="store_true",
                         help="skip the Pallas-vs-reference correctness check that runs before the table")
+    parser.add_argument("--check-only", action="store_true",
+                        help="only the kernel check child (versions, compile, bf16 correctness, kernel timings)")
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.layers is None:
@@ -209,17 +213,39 @@ def run_child(args, impl: str) -> None:
         print(ROW_PREFIX + json.dumps(row), flush=True)
 
 
-def run_kernel_check(args) -> None:
-    """The Pallas kernel on this device: correctness against the dense reference, then speed.
+def _emit(text: str) -> None:
+    """Print one line and append it to $OUT/gpu_kernel_check.log at once: a run cut short keeps it."""
+    print(text, flush=True)
+    if os.environ.get("OUT"):
+        os.makedirs(os.environ["OUT"], exist_ok=True)
+        with open(os.path.join(os.environ["OUT"], "gpu_kernel_check.log"), "a") as log:
+            log.write(text + "\n")
+            log.flush()
 
-    1. float32, N=1000 (200 with --quick), w=--window, with padding and the global key: forward
-       max abs error and per-input gradient errors relative to the reference gradient's max
-       magnitude, for a linear functional of the output (one "check" line).
-    2. For every length: forward+backward time of the banded attention alone (B=1, 16 heads,
-       D=64, bf16 q/k/v, float32 bias as the encoder passes it), xla vs pallas ("kernel" lines).
+
+def _emit_row(row: dict) -> None:
+    _emit(ROW_PREFIX + json.dumps(row))
+
+
+def run_kernel_check(args) -> None:
+    """The Pallas kernel on this device, cheapest and most informative first.
+
+    1. versions and device;
+    2. compile only (no run): forward and forward+backward at the production shape (B=1, 16 heads,
+       N=4096, D=64, bf16 q/k/v, f32 bias, global key); a failure prints its full traceback;
+    3. bf16 correctness at N=1000 (not a tile multiple; 200 with --quick), batch 2 (row 0 right-
+       padded, row 1 all masked), with and without the global key: pallas against the XLA path and
+       the float32 reference (max error relative to the reference's max magnitude, <= 3e-2), and
+       dbias exactly 0 on band cells whose key is outside [0, N) or masked;
+    4. forward+backward time of the banded attention alone, xla vs pallas: 16,384 tokens first,
+       then the other lengths ascending ("kernel" lines).
+    Every line goes to stdout and $OUT/gpu_kernel_check.log as soon as it is produced.
     """
+    import traceback
+
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from sener_jax.ops.band_pallas import banded_attention_pallas
     from sener_jax.ops.band_reference import banded_attention_reference
@@ -227,48 +253,98 @@ def run_kernel_check(args) -> None:
 
     device_kind = str(jax.devices()[0].device_kind)
     window = args.window
+    _emit(f"versions: python {sys.version.split()[0]} jax {jax.__version__} jaxlib "
+          f"{getattr(jax.lib, '__version__', '?')} devices {jax.devices()} kind {device_kind}")
 
-    def inputs(batch, heads, n, head_dim, low_precision):
+    def inputs(batch, heads, n, head_dim, with_global, lengths=None):
         keys = jax.random.split(jax.random.PRNGKey(n), 8)
         q, k, v = (jax.random.normal(keys[i], (batch, heads, n, head_dim)) for i in range(3))
         q = q * (3 * head_dim) ** -0.5  # pre-scaled, as the encoder passes it
         bias = 0.5 * jax.random.normal(keys[3], (batch, heads, n, 2 * window + 1))
-        lengths = jnp.array([n - 77 * b for b in range(batch)])
+        lengths = jnp.array(lengths if lengths is not None else [n] * batch)
         key_mask = jnp.arange(n)[None, :] < lengths[:, None]
+        q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+        if not with_global:
+            return q, k, v, bias, key_mask, None, None
         global_logit = jax.random.normal(keys[4], (batch, heads, n))
-        global_value = jax.random.normal(keys[5], (batch, heads, head_dim))
-        if low_precision:
-            q, k, v, global_value = (x.astype(jnp.bfloat16) for x in (q, k, v, global_value))
+        global_value = jax.random.normal(keys[5], (batch, heads, head_dim)).astype(jnp.bfloat16)
         return q, k, v, bias, key_mask, global_logit, global_value
 
-    def grad_fn(attention):
+    def grad_fn(attention, with_global=True):
         def loss(q, k, v, bias, key_mask, global_logit, global_value):
             out = attention(q, k, v, bias, key_mask, window=window, global_logit=global_logit, global_value=global_value)
             weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
             return jnp.sum(out.astype(jnp.float32) * weights), out
 
-        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 5, 6), has_aux=True))
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 5, 6) if with_global else (0, 1, 2, 3), has_aux=True))
 
-    result = {"kind": "check", "check": "pallas vs reference (float32)", "device": device_kind}
-    try:
-        args_check = inputs(2, 2, 200 if args.quick else 1000, 64, low_precision=False)
-        result["n"] = args_check[0].shape[2]
-        outputs = {}
-        for name, attention in (("pallas", banded_attention_pallas), ("reference", banded_attention_reference)):
-            # XLA may use TF32 for float32 matmuls on a GPU; the kernel's float32 dots are IEEE.
-            with jax.default_matmul_precision("highest"):
-                outputs[name] = jax.block_until_ready(grad_fn(attention)(*args_check))
-        (grads, out), (ref_grads, ref_out) = outputs["pallas"], outputs["reference"]
-        result["forward_abs"] = float(jnp.max(jnp.abs(out - ref_out)))
-        for label, g, r in zip(["q", "k", "v", "bias", "global_logit", "global_value"], grads, ref_grads):
-            result[f"grad_{label}_rel"] = float(jnp.max(jnp.abs(g - r)) / jnp.maximum(jnp.max(jnp.abs(r)), 1e-6))
-        result["status"] = "ok"
-    except Exception as error:
-        result["status"] = f"error: {type(error).__name__}: {str(error)[:600]}"
-    print(ROW_PREFIX + json.dumps(result), flush=True)
-
+    # 2. compile only
     heads = 4 if args.quick else 16
-    for n in sorted(args.lengths):
+    n_compile = 256 if args.quick else 4096
+    production = inputs(1, heads, n_compile, 64, with_global=True)
+    forward = jax.jit(lambda *a: banded_attention_pallas(*a[:5], window=window, global_logit=a[5], global_value=a[6]))
+    for label, fn in (("forward", forward), ("forward+backward", grad_fn(banded_attention_pallas))):
+        row = {"kind": "compile", "what": label, "tokens": n_compile, "heads": heads, "device": device_kind}
+        try:
+            start = time.perf_counter()
+            fn.lower(*production).compile()
+            row.update(status="ok", compile_s=time.perf_counter() - start)
+        except Exception as error:
+            _emit(traceback.format_exc())
+            row["status"] = f"error: {type(error).__name__}: {error}"
+        _emit_row(row)
+
+    # 3. bf16 correctness
+    n_check = 200 if args.quick else 1000
+    for with_global in (False, True):
+        result = {"kind": "check", "check": f"bf16 pallas vs xla and f32 reference, global={with_global}",
+                  "n": n_check, "device": device_kind}
+        try:
+            check = inputs(2, 2, n_check, 64, with_global, lengths=[n_check - 77, 0])
+            outputs = {}
+            for name, attention in (("pallas", banded_attention_pallas), ("xla", banded_attention_xla),
+                                    ("reference", banded_attention_reference)):
+                args_in = check
+                if name == "reference":  # float32 reference of the same (bf16-rounded) inputs
+                    args_in = tuple(None if x is None else x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x
+                                    for x in check)
+                with jax.default_matmul_precision("highest"):
+                    outputs[name] = jax.block_until_ready(grad_fn(attention, with_global)(*args_in))
+            labels = ["q", "k", "v", "bias", "global_logit", "global_value"]
+            worst = 0.0
+            (grads, out), _ = outputs["pallas"], None
+            for other in ("xla", "reference"):
+                other_grads, other_out = outputs[other]
+                scale = float(jnp.max(jnp.abs(other_out.astype(jnp.float32))))
+                error = float(jnp.max(jnp.abs(out.astype(jnp.float32) - other_out.astype(jnp.float32)))) / max(scale, 1e-6)
+                result[f"forward_vs_{other}"] = error
+                worst = max(worst, error)
+                for label, g, r in zip(labels, grads, other_grads):
+                    g, r = g.astype(jnp.float32), r.astype(jnp.float32)
+                    rel = float(jnp.max(jnp.abs(g - r)) / jnp.maximum(jnp.max(jnp.abs(r)), 1e-6))
+                    result[f"grad_{label}_vs_{other}"] = rel
+                    worst = max(worst, rel)
+            # dbias on band cells whose key j = i + d - w is outside [0, N) or masked: exactly 0.
+            dbias = np.asarray(grads[3])
+            keys_of_cell = np.arange(n_check)[:, None] + np.arange(2 * window + 1)[None, :] - window
+            mask = np.asarray(check[4])
+            inside = (keys_of_cell >= 0) & (keys_of_cell < n_check)
+            key_valid = np.zeros((2, n_check, 2 * window + 1), bool)
+            for b in range(2):
+                key_valid[b] = inside & mask[b][np.clip(keys_of_cell, 0, n_check - 1)]
+            outside = np.broadcast_to(~key_valid[:, None], dbias.shape)
+            result["dbias_outside_band_max_abs"] = float(np.max(np.abs(dbias[outside]), initial=0.0))
+            result["worst_rel"] = worst
+            ok = worst <= 3e-2 and result["dbias_outside_band_max_abs"] == 0.0
+            result["status"] = "ok" if ok else "MISMATCH"
+        except Exception as error:
+            _emit(traceback.format_exc())
+            result["status"] = f"error: {type(error).__name__}: {error}"
+        _emit_row(result)
+
+    # 4. timings: 16k first (the length the issue asks about), then the rest ascending
+    lengths = sorted(args.lengths, key=lambda n: (n != 16384, n))
+    for n in lengths:
         batch_inputs = None
         for name, attention in (("xla", banded_attention_xla), ("pallas", banded_attention_pallas)):
             row = {"kind": "kernel", "impl": name, "tokens": n, "heads": heads, "device": device_kind}
@@ -276,7 +352,7 @@ def run_kernel_check(args) -> None:
                 row["status"] = "skipped (time budget)"
             else:
                 try:
-                    batch_inputs = batch_inputs or inputs(1, heads, n, 64, low_precision=True)
+                    batch_inputs = batch_inputs or inputs(1, heads, n, 64, with_global=True)
                     fn = grad_fn(attention)
                     for _ in range(max(args.warmup, 1)):
                         jax.block_until_ready(fn(*batch_inputs))
@@ -287,8 +363,10 @@ def run_kernel_check(args) -> None:
                         times.append(time.perf_counter() - start)
                     row.update(status="ok", step_s=statistics.median(times))
                 except Exception as error:
-                    row["status"] = "OOM" if _is_out_of_memory(error) else f"error: {type(error).__name__}: {str(error)[:300]}"
-            print(ROW_PREFIX + json.dumps(row), flush=True)
+                    if not _is_out_of_memory(error):
+                        _emit(traceback.format_exc())
+                    row["status"] = "OOM" if _is_out_of_memory(error) else f"error: {type(error).__name__}: {error}"
+            _emit_row(row)
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,7 +381,7 @@ def _gib(value) -> str:
 def format_tables(rows, args) -> str:
     geo = geometry(args)
     parts = []
-    for check in (r for r in rows if r.get("kind") == "check"):
+    for check in (r for r in rows if r.get("kind") in ("compile", "check")):
         parts.append("Kernel check on the device: " + json.dumps(check) + "\n")
     kernel_rows = [r for r in rows if r.get("kind") == "kernel"]
     if kernel_rows:
@@ -349,7 +427,8 @@ def run_parent(args) -> str:
     children = []
     if "pallas" in args.impls and not args.no_kernel_check:
         children.append(("check", 0.2))
-    children += [(impl, 1.0) for impl in args.impls]
+    if not args.check_only:
+        children += [(impl, 1.0) for impl in args.impls]
     total_weight = sum(weight for _, weight in children)
     out = args.out or (os.path.join(os.environ["OUT"], "gpu_encoder.md") if os.environ.get("OUT") else None)
     rows = []

@@ -7,17 +7,20 @@ key j = i + d - w); key_mask (B, N) bool; an optional global key per row (logit 
 
 Forward: one program per (query block, batch, head). It loops only over the key blocks that
 intersect the band [i - w, i + w] of its rows, keeps a running max / sum / accumulator (online
-softmax, float32) and starts that state from the global key when there is one. The band bias of a
-(query block, key block) tile is gathered from the band layout by offset (d = j - i + w), so no
-dense bias ever exists. Only the output and the per-row logsumexp are saved for the backward.
+softmax, float32) and starts that state from the global key when there is one. The bias is passed
+flat, (B, H, N * (2w+1)), where cell (i, j) sits at the affine address i * 2w + j + w (see
+`_tile_geometry`): a tile's bias is a contiguous, unclipped read, and no dense bias ever exists.
+Only the output and the per-row logsumexp are saved for the backward.
 
 Backward (fully Pallas, flash-attention style, delta = rowsum(dO * O) computed in plain JAX):
 - a dq kernel, one program per query block: recomputes the probabilities tile by tile from the
-  saved logsumexp and produces dq, the band-layout dbias (scatter-stored by offset into a
-  zero-initialised buffer aliased to the output, each cell written by exactly one tile), the
-  global-logit gradient and per-query-block partial sums of the global-value gradient;
+  saved logsumexp and produces dq, dbias in the same flat layout (masked affine stores of the
+  in-band cells; the program also writes the zeros of band cells whose key is outside [0, N), so
+  every dbias row is written whole by its own program), the global-logit gradient and per-query-
+  block partial sums of the global-value gradient;
 - a dkv kernel, one program per key block, looping over the query blocks whose band reaches it:
   dk and dv.
+Each kernel has its own tiles and warps per GPU generation (`GPU_TILES`).
 Memory is linear in N: nothing of size N x N or N x (block * #blocks) is materialised.
 
 Shapes are padded outside the kernels (N up to a multiple of the block, D up to a power of two
@@ -27,9 +30,9 @@ Pallas GPU (Triton) lowering requires. On CPU the kernels run in interpret mode.
 Under a device mesh: the kernels see local shapes only, so call this function inside
 `jax.shard_map` with the batch (or heads) sharded; see `shard_over_batch`.
 
-Status: checked against the reference in interpret mode on CPU (tests/test_band_pallas.py) and
-lowered to Triton IR for CUDA without a GPU (jax 0.10.2); not yet compiled by Triton nor run on a
-GPU. `benchmarks/gpu_encoder.py` checks it against the reference on the device first.
+Status: checked against the reference in interpret mode on CPU (tests/test_band_pallas.py);
+lowered for CUDA without a GPU and its Triton IR compiled for sm_80 and sm_90 by the triton wheel
+with no spills (tests/test_band_pallas_triton.py); not yet run on a GPU. `benchmarks/gpu_encoder.py` checks it against the reference on the device first.
 """
 from __future__ import annotations
 
@@ -49,14 +52,47 @@ _MIN_HEAD_DIM = 16
 
 
 @dataclasses.dataclass(frozen=True)
-class _KernelConfig:
-    """Static (hashable) configuration of one kernel instantiation."""
+class Tiles:
+    """Tile and launch parameters of one kernel: block sizes (powers of two >= 16), Triton warps and
+    software-pipelining stages (ignored in interpret mode)."""
 
-    window: int
     block_q: int
     block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# Per GPU generation and kernel. Chosen from ptxas reports of the Triton IR at the production shape
+# (B=1, H=16, N=4096 and 65,536, D=64, w=128, bf16 q/k/v, f32 bias; `benchmarks/pallas_triton_compile.py`):
+# no spills and shared memory within the per-block limit on both targets. The backward kernels hold
+# more live tiles (q, dO, k, v, p, dp, ds and their accumulators) than the forward, so they take a
+# 32-wide side: dq 32 query rows against 64 keys (150-168 registers, was 243-255 with 64x64 and
+# spilled on sm_80), dkv 32 keys against 64 query rows (183 registers on sm_80; 64 keys x 32 rows
+# needed 243). 4 warps: 8 warps lowered dkv to 165 registers but halves the blocks per SM.
+GPU_TILES = {
+    "sm80": {"forward": Tiles(64, 64, 4, 2), "dq": Tiles(32, 64, 4, 2), "dkv": Tiles(64, 32, 4, 2)},
+    "sm90": {"forward": Tiles(64, 64, 4, 2), "dq": Tiles(32, 64, 4, 2), "dkv": Tiles(64, 32, 4, 2)},
+}
+# Largest dynamic shared memory one block may opt into (CUDA programming guide, compute capabilities).
+SHARED_MEMORY_LIMIT = {"sm80": 166_912, "sm90": 232_448}
+_KERNELS = ("forward", "dq", "dkv")
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelConfig:
+    """Static (hashable) configuration of the three kernels of one call."""
+
+    window: int
     has_global: bool
     interpret: bool
+    forward: Tiles
+    dq: Tiles
+    dkv: Tiles
+
+    @property
+    def n_multiple(self) -> int:
+        """N is padded to a multiple of every block so that all kernels tile it exactly."""
+        return max(max(t.block_q, t.block_k) for t in (self.forward, self.dq, self.dkv))
 
 
 def _next_power_of_two(x: int) -> int:
@@ -79,11 +115,57 @@ def _check_block(name: str, value: int) -> None:
         raise ValueError(f"banded_attention_pallas: {name}={value} must be a power of two >= {_MIN_BLOCK}")
 
 
-def _compiler_params(interpret: bool, num_warps: int = 4, num_stages: int = 2):
+def shared_memory_estimate(kernel: str, tiles: Tiles, head_dim: int, qkv_bytes: int = 2) -> int:
+    """Upper bound (bytes) of the shared memory Triton gives one kernel instance.
+
+    Triton stages every dot operand in shared memory, once per pipeline stage for the operands
+    loaded inside the loop, and uses shared memory for layout conversions of the float32 tiles
+    (the bias / probability tiles and reductions). Counted per kernel, float32 tiles at 4 bytes:
+      forward: stages * (k + v) + q + 2 f32 (bq, bk) tiles
+      dq:      stages * (k + v) + q + dO + 3 f32 (bq, bk) tiles (bias, p, ds)
+      dkv:     stages * (q + dO) + k + v + 3 f32 (bq, bk) tiles (bias, p^T, ds^T)
+    It is checked against ptxas/Triton's report by tests/test_band_pallas_triton.py (estimate >=
+    reported for the shipped tiles).
+    """
+    bq, bk, stages = tiles.block_q, tiles.block_k, max(tiles.num_stages, 1)
+    tile32 = bq * bk * 4
+    if kernel == "forward":
+        return stages * 2 * bk * head_dim * qkv_bytes + bq * head_dim * qkv_bytes + 2 * tile32
+    if kernel == "dq":
+        return stages * 2 * bk * head_dim * qkv_bytes + 2 * bq * head_dim * qkv_bytes + 3 * tile32
+    if kernel == "dkv":
+        return stages * 2 * bq * head_dim * qkv_bytes + 2 * bk * head_dim * qkv_bytes + 3 * tile32
+    raise ValueError(f"shared_memory_estimate: unknown kernel {kernel!r} (one of {_KERNELS})")
+
+
+def _check_fits(target: str, kernel: str, tiles: Tiles, head_dim: int) -> None:
+    """Refuse tiles whose shared memory cannot fit one block of the target GPU (before Triton does,
+    with an out-of-resources error at launch time)."""
+    need, limit = shared_memory_estimate(kernel, tiles, head_dim), SHARED_MEMORY_LIMIT[target]
+    if need > limit:
+        raise ValueError(
+            f"banded_attention_pallas: {kernel} tiles {tiles.block_q}x{tiles.block_k} (stages={tiles.num_stages}, "
+            f"head_dim={head_dim}) need about {need} bytes of shared memory, more than a {target} block may use "
+            f"({limit}); use smaller block_q / block_k"
+        )
+
+
+def gpu_target_of_device() -> str:
+    """'sm80' (A100 and other compute capability 8.x) or 'sm90' (H100/H200) for the default GPU;
+    'sm90' (the newest tuned generation) when there is no GPU (deviceless lowering)."""
+    try:
+        device = jax.local_devices(backend="gpu")[0]
+    except RuntimeError:
+        return "sm90"
+    major = str(getattr(device, "compute_capability", "9.0")).split(".")[0]
+    return "sm80" if major == "8" else "sm90"
+
+
+def _compiler_params(interpret: bool, tiles: Tiles):
     """GPU (Triton) compiler parameters; none in interpret mode (CPU), which must not see them."""
     if interpret:
         return None
-    return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    return plgpu.CompilerParams(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,53 +173,65 @@ def _compiler_params(interpret: bool, num_warps: int = 4, num_stages: int = 2):
 # ----------------------------------------------------------------------------------------------
 
 
-def _tile_geometry(q_start, k_start, cfg: _KernelConfig):
-    """Band offset d = j - i + w of every (row, column) of a tile, its in-band flag, row indices."""
-    rows = jnp.broadcast_to(jnp.arange(cfg.block_q, dtype=jnp.int32)[:, None], (cfg.block_q, cfg.block_k))
-    cols = jnp.broadcast_to(jnp.arange(cfg.block_k, dtype=jnp.int32)[None, :], (cfg.block_q, cfg.block_k))
-    offset = (k_start - q_start + cfg.window) + cols - rows
-    in_band = (offset >= 0) & (offset <= 2 * cfg.window)
-    # Clipped so that every gather address is inside the band row, masked or not.
-    offset = jnp.clip(offset, 0, 2 * cfg.window)
-    return rows, offset, in_band
+def _tile_geometry(q_start, k_start, tiles: Tiles, window: int):
+    """Flat band address of every (row, column) of a tile and its in-band flag.
+
+    The bias (and dbias) is (B, H, N * (2w+1)): cell (i, j) has band offset d = j - i + w and flat
+    address i * (2w+1) + d = i * 2w + j + w, affine in (row, column) with unit stride along the
+    columns, so Triton sees contiguous addresses (vector loads/stores). For i, j in [0, N) the
+    address is inside [0, N * (2w+1)) even out of the band (such cells alias a neighbouring row's
+    cell; they are masked), so loads need neither a clip nor a mask.
+    """
+    rows = jnp.arange(tiles.block_q, dtype=jnp.int32)[:, None]
+    cols = jnp.arange(tiles.block_k, dtype=jnp.int32)[None, :]
+    address = (q_start * (2 * window) + k_start + window) + (rows * (2 * window) + cols)
+    offset = (k_start - q_start + window) + cols - rows
+    in_band = (offset >= 0) & (offset <= 2 * window)
+    return address, in_band
 
 
-def _spare_columns(cfg: _KernelConfig) -> int:
-    """Extra dbias columns: one in interpret mode, none on the GPU.
+def _spare_cells(cfg: _KernelConfig) -> int:
+    """Extra dbias cells: one in interpret mode, none on the GPU.
 
-    On the GPU the masked scatter store never touches the address of a masked-out cell. Interpret
-    mode emulates a masked store as a scatter of old-or-new values, where a masked cell sharing an
-    address with a real cell (clipped offsets) could overwrite it; there masked cells go to a
-    spare column 2w+1 instead, dropped after the kernel.
+    On the GPU a masked store never touches the address of a masked-out cell. Interpret mode
+    emulates a masked store as a scatter of old-or-new values, where a masked cell aliasing an in-band
+    cell of the same tile (possible when block_k > 2w) could write the old value back; there masked
+    cells go to one spare cell after the band instead, dropped after the kernel.
     """
     return 1 if cfg.interpret else 0
 
 
-def _scatter_offset(offset, in_band, cfg: _KernelConfig):
-    """dbias column of every tile cell (out-of-band cells: see `_spare_columns`)."""
-    if _spare_columns(cfg):
-        return jnp.where(in_band, offset, 2 * cfg.window + 1)
-    return offset
+def _store_address(address, in_band, n: int, cfg: _KernelConfig):
+    if _spare_cells(cfg):
+        return jnp.where(in_band, address, n * (2 * cfg.window + 1))
+    return address
 
 
-def _tile_logits(q, k, bias_ref, bias_row0, rows, offset, valid):
+def _tile_logits(q, k, bias_ref, address, valid):
     """q k^T + band bias of one tile, in float32; invalid cells hold _NEG."""
     s = plgpu.dot(q, k, trans_b=True)
-    bias = bias_ref[bias_row0 + rows, offset].astype(jnp.float32)
+    bias = bias_ref[address].astype(jnp.float32)
     return jnp.where(valid, s + bias, _NEG)
 
 
-def _band_key_blocks(q_start, cfg: _KernelConfig, n_key_blocks: int):
-    """[first, last + 1) key blocks touching the band of the query rows [q_start, q_start + bq)."""
-    first = lax.div(lax.max(q_start - cfg.window, 0), cfg.block_k)
-    last = lax.div(q_start + (cfg.block_q - 1 + cfg.window), cfg.block_k)
-    return first, lax.min(last + 1, n_key_blocks)
+def _floor_div(x, divisor: int, lower_bound: int):
+    """floor(x / divisor) for x >= -lower_bound (lax.div truncates toward zero)."""
+    shift = _round_up(max(lower_bound, 0), divisor)
+    return lax.div(x + shift, divisor) - shift // divisor
 
 
-def _band_query_blocks(k_start, cfg: _KernelConfig, n_query_blocks: int):
+def _band_key_blocks(q_start, tiles: Tiles, window: int, n_key_blocks: int):
+    """[first, stop) key blocks touching the band of the query rows [q_start, q_start + bq), and the
+    same range before clipping to [0, n_key_blocks) (it may start below 0 and end past the last)."""
+    first = _floor_div(q_start - window, tiles.block_k, window)
+    stop = lax.div(q_start + (tiles.block_q - 1 + window), tiles.block_k) + 1
+    return lax.max(first, 0), lax.min(stop, n_key_blocks), first, stop
+
+
+def _band_query_blocks(k_start, tiles: Tiles, window: int, n_query_blocks: int):
     """[first, last + 1) query blocks whose band reaches the keys [k_start, k_start + bk)."""
-    first = lax.div(lax.max(k_start - cfg.window, 0), cfg.block_q)
-    last = lax.div(k_start + (cfg.block_k - 1 + cfg.window), cfg.block_q)
+    first = lax.div(lax.max(k_start - window, 0), tiles.block_q)
+    last = lax.div(k_start + (tiles.block_k - 1 + window), tiles.block_q)
     return first, lax.min(last + 1, n_query_blocks)
 
 
@@ -151,7 +245,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, key_mask_ref, *refs, cfg: _Ke
         global_logit_ref, global_value_ref, out_ref, lse_ref = refs
     else:
         out_ref, lse_ref = refs
-    bq, bk = cfg.block_q, cfg.block_k
+    tiles = cfg.forward
+    bq, bk = tiles.block_q, tiles.block_k
     q_start = pl.program_id(0) * bq
     q = q_ref[...]
     head_dim = q.shape[-1]
@@ -172,9 +267,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, key_mask_ref, *refs, cfg: _Ke
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         key_ok = key_mask_ref[pl.ds(k_start, bk)] > 0
-        rows, offset, in_band = _tile_geometry(q_start, k_start, cfg)
+        address, in_band = _tile_geometry(q_start, k_start, tiles, cfg.window)
         valid = in_band & key_ok[None, :]
-        s = _tile_logits(q, k, bias_ref, 0, rows, offset, valid)
+        s = _tile_logits(q, k, bias_ref, address, valid)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
         correction = jnp.exp(m - m_new)
         p = jnp.where(valid, jnp.exp(s - m_new[:, None]), 0.0)
@@ -182,7 +277,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, key_mask_ref, *refs, cfg: _Ke
         acc = acc * correction[:, None] + plgpu.dot(p.astype(v.dtype), v)
         return acc, m_new, l
 
-    first, stop = _band_key_blocks(q_start, cfg, n_key_blocks)
+    first, stop, _, _ = _band_key_blocks(q_start, tiles, cfg.window, n_key_blocks)
     acc, m, l = lax.fori_loop(first, stop, body, (acc, m, l))
     has_key = l > 0
     safe_l = jnp.where(has_key, l, 1.0)
@@ -193,9 +288,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, key_mask_ref, *refs, cfg: _Ke
 
 def _forward(cfg: _KernelConfig, q, k, v, bias, key_mask, global_logit, global_value):
     batch, heads, n, head_dim = q.shape
-    width = bias.shape[-1]
-    bq = cfg.block_q
-    n_query_blocks, n_key_blocks = n // bq, n // cfg.block_k
+    bq = cfg.forward.block_q
+    n_query_blocks, n_key_blocks = n // bq, n // cfg.forward.block_k
     grid = (n_query_blocks, batch, heads)
     q_block = pl.BlockSpec((None, None, bq, head_dim), lambda i, b, h: (b, h, i, 0))
     whole_seq = pl.BlockSpec((None, None, n, head_dim), lambda i, b, h: (b, h, 0, 0))
@@ -203,7 +297,7 @@ def _forward(cfg: _KernelConfig, q, k, v, bias, key_mask, global_logit, global_v
         q_block,
         whole_seq,
         whole_seq,
-        pl.BlockSpec((None, None, bq, width), lambda i, b, h: (b, h, i, 0)),
+        pl.BlockSpec((None, None, bias.shape[-1]), lambda i, b, h: (b, h, 0)),
         pl.BlockSpec((None, n), lambda i, b, h: (b, 0)),
     ]
     args = [q, k, v, bias, key_mask]
@@ -222,7 +316,7 @@ def _forward(cfg: _KernelConfig, q, k, v, bias, key_mask, global_logit, global_v
             jax.ShapeDtypeStruct(q.shape, q.dtype),
             jax.ShapeDtypeStruct((batch, heads, n), jnp.float32),
         ],
-        compiler_params=_compiler_params(cfg.interpret),
+        compiler_params=_compiler_params(cfg.interpret, cfg.forward),
         interpret=cfg.interpret,
         name="banded_attention_forward",
     )(*args)
@@ -238,11 +332,12 @@ def _dq_kernel(
     q_ref, k_ref, v_ref, bias_ref, key_mask_ref, do_ref, lse_ref, delta_ref, *refs, cfg: _KernelConfig, n_key_blocks: int
 ):
     if cfg.has_global:
-        (global_logit_ref, global_value_ref, _dbias_in_ref, dq_ref, dbias_ref, dglobal_logit_ref,
-         dglobal_value_ref) = refs
+        global_logit_ref, global_value_ref, dq_ref, dbias_ref, dglobal_logit_ref, dglobal_value_ref = refs
     else:
-        _dbias_in_ref, dq_ref, dbias_ref = refs
-    bq, bk = cfg.block_q, cfg.block_k
+        dq_ref, dbias_ref = refs
+    tiles = cfg.dq
+    bq, bk = tiles.block_q, tiles.block_k
+    n = n_key_blocks * bk
     q_start = pl.program_id(0) * bq
     q = q_ref[...]
     do = do_ref[...]
@@ -254,19 +349,30 @@ def _dq_kernel(
         k = k_ref[pl.ds(k_start, bk), :]
         v = v_ref[pl.ds(k_start, bk), :]
         key_ok = key_mask_ref[pl.ds(k_start, bk)] > 0
-        rows, offset, in_band = _tile_geometry(q_start, k_start, cfg)
+        address, in_band = _tile_geometry(q_start, k_start, tiles, cfg.window)
         valid = in_band & key_ok[None, :]
-        s = _tile_logits(q, k, bias_ref, 0, rows, offset, valid)
+        s = _tile_logits(q, k, bias_ref, address, valid)
         p = jnp.where(valid, jnp.exp(s - lse[:, None]), 0.0)
         dp = plgpu.dot(do, v, trans_b=True)
         ds = p * (dp - delta[:, None])
         # Each in-band cell of this query block belongs to exactly one key block: no write races.
-        plgpu.store(dbias_ref.at[rows, _scatter_offset(offset, in_band, cfg)], ds.astype(dbias_ref.dtype), mask=in_band)
+        plgpu.store(dbias_ref.at[_store_address(address, in_band, n, cfg)], ds.astype(dbias_ref.dtype), mask=in_band)
         return dq + plgpu.dot(ds.astype(k.dtype), k)
 
-    first, stop = _band_key_blocks(q_start, cfg, n_key_blocks)
+    first, stop, band_first, band_stop = _band_key_blocks(q_start, tiles, cfg.window, n_key_blocks)
     dq = lax.fori_loop(first, stop, body, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = dq.astype(dq_ref.dtype)
+
+    # Band cells whose key lies outside [0, N) (rows within w of either end): zero, written here so
+    # that every dbias row is written whole by its own program (no zero-filled buffer, no aliasing).
+    def zero_body(kb, carry):
+        address, in_band = _tile_geometry(q_start, kb * bk, tiles, cfg.window)
+        zeros = jnp.zeros((bq, bk), dbias_ref.dtype)
+        plgpu.store(dbias_ref.at[_store_address(address, in_band, n, cfg)], zeros, mask=in_band)
+        return carry
+
+    lax.fori_loop(band_first, lax.min(band_stop, 0), zero_body, 0)
+    lax.fori_loop(lax.max(band_first, n_key_blocks), band_stop, zero_body, 0)
 
     if cfg.has_global:
         global_value = global_value_ref[...].astype(jnp.float32)
@@ -281,7 +387,8 @@ def _dkv_kernel(
     q_ref, k_ref, v_ref, bias_ref, key_mask_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, cfg: _KernelConfig,
     n_query_blocks: int,
 ):
-    bq, bk = cfg.block_q, cfg.block_k
+    tiles = cfg.dkv
+    bq, bk = tiles.block_q, tiles.block_k
     k_start = pl.program_id(0) * bk
     k = k_ref[...]
     v = v_ref[...]
@@ -294,9 +401,9 @@ def _dkv_kernel(
         do = do_ref[pl.ds(q_start, bq), :]
         lse = lse_ref[pl.ds(q_start, bq)]
         delta = delta_ref[pl.ds(q_start, bq)]
-        rows, offset, in_band = _tile_geometry(q_start, k_start, cfg)
+        address, in_band = _tile_geometry(q_start, k_start, tiles, cfg.window)
         valid = in_band & key_ok[None, :]
-        s = _tile_logits(q, k, bias_ref, q_start, rows, offset, valid)
+        s = _tile_logits(q, k, bias_ref, address, valid)
         p = jnp.where(valid, jnp.exp(s - lse[:, None]), 0.0)
         dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
         dp = plgpu.dot(do, v, trans_b=True)
@@ -304,7 +411,7 @@ def _dkv_kernel(
         dk = dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True)
         return dk, dv
 
-    first, stop = _band_query_blocks(k_start, cfg, n_query_blocks)
+    first, stop = _band_query_blocks(k_start, tiles, cfg.window, n_query_blocks)
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = lax.fori_loop(first, stop, body, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
@@ -314,26 +421,25 @@ def _dkv_kernel(
 def _backward(cfg: _KernelConfig, residuals, d_out):
     q, k, v, bias, key_mask, global_logit, global_value, out, lse = residuals
     batch, heads, n, head_dim = q.shape
-    width = bias.shape[-1]
-    bq, bk = cfg.block_q, cfg.block_k
-    n_query_blocks, n_key_blocks = n // bq, n // bk
+    flat = bias.shape[-1]
     delta = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1)
-
-    q_rows = pl.BlockSpec((None, None, bq, head_dim), lambda i, b, h: (b, h, i, 0))
     whole_seq = pl.BlockSpec((None, None, n, head_dim), lambda i, b, h: (b, h, 0, 0))
     whole_mask = pl.BlockSpec((None, n), lambda i, b, h: (b, 0))
-    q_vector = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
     whole_vector = pl.BlockSpec((None, None, n), lambda i, b, h: (b, h, 0))
-    bias_rows = pl.BlockSpec((None, None, bq, width), lambda i, b, h: (b, h, i, 0))
-    dbias_width = width + _spare_columns(cfg)
-    dbias_rows = pl.BlockSpec((None, None, bq, dbias_width), lambda i, b, h: (b, h, i, 0))
-    dbias_shape = (batch, heads, n, dbias_width)
+    whole_bias = pl.BlockSpec((None, None, flat), lambda i, b, h: (b, h, 0))
 
-    # dq, dbias (band layout), global gradients: one program per query block.
-    in_specs = [q_rows, whole_seq, whole_seq, bias_rows, whole_mask, q_rows, q_vector, q_vector]
+    # dq, dbias (flat band layout), global gradients: one program per query block.
+    bq = cfg.dq.block_q
+    n_query_blocks = n // bq
+    q_rows = pl.BlockSpec((None, None, bq, head_dim), lambda i, b, h: (b, h, i, 0))
+    q_vector = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
+    dbias_flat = flat + _spare_cells(cfg)
+    in_specs = [q_rows, whole_seq, whole_seq, whole_bias, whole_mask, q_rows, q_vector, q_vector]
     args = [q, k, v, bias, key_mask, d_out, lse, delta]
-    out_specs = [q_rows, dbias_rows]
-    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(dbias_shape, bias.dtype)]
+    # Each program writes the whole band rows of its query block (in-band cells and the zeros of
+    # keys outside [0, N)) into the (b, h) row of dbias: disjoint cells, no aliasing needed.
+    out_specs = [q_rows, pl.BlockSpec((None, None, dbias_flat), lambda i, b, h: (b, h, 0))]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, dbias_flat), bias.dtype)]
     if cfg.has_global:
         in_specs += [q_vector, pl.BlockSpec((None, None, head_dim), lambda i, b, h: (b, h, 0))]
         args += [global_logit, global_value]
@@ -342,18 +448,13 @@ def _backward(cfg: _KernelConfig, residuals, d_out):
             jax.ShapeDtypeStruct(global_logit.shape, global_logit.dtype),
             jax.ShapeDtypeStruct((batch, heads, n_query_blocks, head_dim), jnp.float32),
         ]
-    # Band cells whose key lies outside [0, N) are never visited by a tile: they keep these zeros.
-    dbias_index = len(args)
-    in_specs.append(dbias_rows)
-    args.append(jnp.zeros(dbias_shape, bias.dtype))
     dq_outputs = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg, n_key_blocks=n_key_blocks),
+        functools.partial(_dq_kernel, cfg=cfg, n_key_blocks=n // cfg.dq.block_k),
         grid=(n_query_blocks, batch, heads),
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        input_output_aliases={dbias_index: 1},
-        compiler_params=_compiler_params(cfg.interpret),
+        compiler_params=_compiler_params(cfg.interpret, cfg.dq),
         interpret=cfg.interpret,
         name="banded_attention_dq",
     )(*args)
@@ -363,19 +464,20 @@ def _backward(cfg: _KernelConfig, residuals, d_out):
     else:
         dq, dbias = dq_outputs
         dglobal_logit = dglobal_value = None
-    if dbias_width != width:
-        dbias = dbias[..., :width]
+    if dbias_flat != flat:
+        dbias = dbias[..., :flat]
 
     # dk, dv: one program per key block.
+    bk = cfg.dkv.block_k
     k_rows = pl.BlockSpec((None, None, bk, head_dim), lambda j, b, h: (b, h, j, 0))
     dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, cfg=cfg, n_query_blocks=n_query_blocks),
-        grid=(n_key_blocks, batch, heads),
+        functools.partial(_dkv_kernel, cfg=cfg, n_query_blocks=n // cfg.dkv.block_q),
+        grid=(n // bk, batch, heads),
         in_specs=[
             whole_seq,
             k_rows,
             k_rows,
-            pl.BlockSpec((None, None, n, width), lambda j, b, h: (b, h, 0, 0)),
+            whole_bias,
             pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
             whole_seq,
             whole_vector,
@@ -383,7 +485,7 @@ def _backward(cfg: _KernelConfig, residuals, d_out):
         ],
         out_specs=[k_rows, k_rows],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=_compiler_params(cfg.interpret),
+        compiler_params=_compiler_params(cfg.interpret, cfg.dkv),
         interpret=cfg.interpret,
         name="banded_attention_dkv",
     )(q, k, v, bias, key_mask, d_out, lse, delta)
@@ -443,11 +545,16 @@ def banded_attention_pallas(
     interpret: bool | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
+    gpu_target: str | None = None,
 ) -> jax.Array:
     """Banded attention (contract of `banded_attention_reference`) with the Pallas kernels.
 
     interpret=None runs the kernels in interpret mode when the default backend is CPU.
-    block_q / block_k: query / key tile sizes (powers of two >= 16; default from N and window).
+    block_q / block_k: query / key tile sizes of all three kernels (powers of two >= 16); by default
+    each kernel takes its tiles from GPU_TILES[gpu_target] (capped for short inputs).
+    gpu_target: "sm80" (A100) or "sm90" (H100/H200) for the tile table and the shared-memory check;
+    default from the GPU present ("sm90" without one). Tiles a block of that GPU cannot hold are
+    refused with a ValueError.
     Differentiable w.r.t. q, k, v, bias, global_logit and global_value (custom VJP, Pallas
     backward kernels, memory linear in N).
     """
@@ -455,23 +562,33 @@ def banded_attention_pallas(
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     batch, heads, n, head_dim = q.shape
-    block_q = block_q or _default_block(n)
-    block_k = block_k or _default_block(n)
-    _check_block("block_q", block_q)
-    _check_block("block_k", block_k)
-    cfg = _KernelConfig(
-        window=window, block_q=block_q, block_k=block_k, has_global=global_logit is not None, interpret=bool(interpret)
-    )
-
-    n_padded = _round_up(max(n, 1), max(block_q, block_k))
+    for name, value in (("block_q", block_q), ("block_k", block_k)):
+        if value is not None:
+            _check_block(name, value)
+    gpu_target = gpu_target or gpu_target_of_device()
+    if gpu_target not in GPU_TILES:
+        raise ValueError(f"banded_attention_pallas: gpu_target={gpu_target!r} must be one of {sorted(GPU_TILES)}")
     d_padded = max(_MIN_HEAD_DIM, _next_power_of_two(head_dim))
+    cap = _default_block(n)
+    kernel_tiles = {}
+    for kernel, tiles in GPU_TILES[gpu_target].items():
+        tiles = dataclasses.replace(
+            tiles, block_q=block_q or min(tiles.block_q, cap), block_k=block_k or min(tiles.block_k, cap)
+        )
+        if not interpret:
+            _check_fits(gpu_target, kernel, tiles, d_padded)
+        kernel_tiles[kernel] = tiles
+    cfg = _KernelConfig(window=window, has_global=global_logit is not None, interpret=bool(interpret), **kernel_tiles)
+
+    n_padded = _round_up(max(n, 1), cfg.n_multiple)
     pad_n, pad_d = n_padded - n, d_padded - head_dim
 
     def pad_seq(x):
         return jnp.pad(x, [(0, 0), (0, 0), (0, pad_n), (0, pad_d)])
 
     q_p, k_p, v_p = pad_seq(q), pad_seq(k), pad_seq(v)
-    bias_p = jnp.pad(bias, [(0, 0), (0, 0), (0, pad_n), (0, 0)])
+    # Flat band layout (a free reshape): see `_tile_geometry`.
+    bias_p = jnp.pad(bias, [(0, 0), (0, 0), (0, pad_n), (0, 0)]).reshape(batch, heads, -1)
     # Padded keys are invalid; padded query rows are computed and thrown away.
     key_mask_p = jnp.pad(key_mask.astype(jnp.int32), [(0, 0), (0, pad_n)])
     global_logit_p = global_value_p = None
