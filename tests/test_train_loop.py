@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from configs import demo, profiling07, scholarxl, scirex
 from sener_jax import checkpointing, convert, train
+from sener_jax.checkpoint_manifest import MANIFEST_NAME
 from sener_jax.data import word_span_to_chars
 from sener_jax.models.lora import is_lora_path
 from sener_jax.predict import Extractor, make_logits_fn, predict_documents, predict_file
@@ -132,7 +133,8 @@ def test_kill_and_resume_reaches_the_uninterrupted_params(demo_run, tmp_path):
     latest = workdir / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):
+        # A step counts once its manifest (the commit marker) is written: kill right after that.
+        if latest.is_dir() and any(p.name.isdigit() and (p / MANIFEST_NAME).is_file() for p in latest.iterdir()):
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)

@@ -18,7 +18,9 @@ from sener_jax.data.labels import band_labels, is_representable, spans_from_band
 from sener_jax.data.masking import select_whole_words, whole_word_mask
 from sener_jax.data.merge import merge_documents, merge_segments
 from sener_jax.data.readers import (
+    DataFileError,
     DataIssue,
+    DocumentError,
     DocumentList,
     document_from_text,
     document_to_chars_record,
@@ -38,7 +40,9 @@ from sener_jax.data.tokenizer import SyntheticTokenizer, Tokenizer, load_tokeniz
 __all__ = [
     "Batch",
     "BatchIterator",
+    "DataFileError",
     "DataIssue",
+    "DocumentError",
     "Document",
     "DocumentList",
     "Entity",

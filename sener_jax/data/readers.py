@@ -8,9 +8,12 @@
   covers whole words and `text[start:end]` is exactly the entity's surface text. An entity whose
   first or last character is whitespace cannot be reproduced that way and is an error.
 
-All ends are exclusive. A problem is a ValueError naming file, line (1-based) and field; with
-`strict=False` the bad record (or only the bad entity) is skipped, the problem is logged as a
-warning and recorded in the returned list's `issues`; nothing else is dropped.
+All ends are exclusive. A problem is a `DocumentError` (a ValueError) naming file, line (1-based)
+and field; with `strict=False` the bad record (or only the bad entity) is skipped, the problem is
+logged as a warning and recorded in the returned list's `issues`; nothing else is dropped. Lines
+that are not UTF-8 and strings holding a lone UTF-16 surrogate (`"\\ud800"` in the JSON, which no
+UTF-8 writer can write back) are such record problems. A `.gz` file that is corrupt or truncated is
+a `DataFileError` naming the file, in either mode.
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ import gzip
 import json
 import logging
 import os
+import re
+import zlib
 from typing import Any, Callable, Iterable, NamedTuple
 
-from sener_jax.data.documents import Document, Entity, split_words, word_span_to_chars
+from sener_jax.data.documents import Document, Entity, cut_inside_cluster, split_words, word_span_to_chars
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,18 @@ class DataIssue(NamedTuple):
         return f"{self.file}:{self.line}: field {self.field!r}: {self.message}"
 
 
+class DocumentError(ValueError):
+    """A record that cannot be read (strict mode): `file`, `line` (1-based) and `field` say where."""
+
+    def __init__(self, issue: DataIssue):
+        super().__init__(str(issue))
+        self.file, self.line, self.field = issue.file, issue.line, issue.field
+
+
+class DataFileError(ValueError):
+    """The file itself cannot be read to the end (e.g. a corrupt `.gz`); no record can be skipped."""
+
+
 class DocumentList(list):
     """A list of Documents that also carries the problems skipped while reading (`issues`)."""
 
@@ -54,12 +71,69 @@ class _RecordError(Exception):
         self.message = message
 
 
-def open_text(path: str | os.PathLike):
-    """Open a text file for reading, decompressing `.gz` transparently."""
-    path = os.fspath(path)
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _numbered_lines(path: str):
+    """(line number, bytes) of every line; a corrupt or truncated `.gz` is a DataFileError naming the file.
+
+    Lines are read as bytes and decoded one by one (in `read_documents`) so that a byte that is not
+    UTF-8 is a problem of that line, with its number, instead of a bare UnicodeDecodeError that
+    aborts the whole file.
+    """
+    handle = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    line_no = 0
+    with handle:
+        try:
+            for line_no, line in enumerate(handle, start=1):
+                yield line_no, line
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise DataFileError(
+                f"{path}: the compressed file is corrupt or truncated after line {line_no} "
+                f"({type(error).__name__}: {error}); re-create or re-download it"
+            ) from error
+
+
+# A JSON escape of a UTF-16 surrogate: json.loads turns an unpaired one into a lone surrogate code
+# point, which Python strings allow but UTF-8 cannot encode, so the writer of any output derived
+# from the document (predictions, chars records) would crash on it, at the same document on every
+# rerun. Only lines with such an escape are searched for one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any, field: str) -> tuple[str, str] | None:
+    """(field, string) of the first string in `value` holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return field, value
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, field) if isinstance(key, str) else None
+        found = found or _lone_surrogate(item, f"{field}[{key!r}]" if field else str(key))
+        if found:
+            return found
+    return None
+
+
+def _parse_line(raw: bytes) -> dict:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _RecordError("<line>", f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1})") from None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise _RecordError("<line>", f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise _RecordError("<line>", f"expected a JSON object, got {type(record).__name__}")
+    if _SURROGATE_ESCAPE.search(line):
+        found = _lone_surrogate(record, "")
+        if found:
+            field, text = found
+            bad = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+            raise _RecordError(field or "<line>", f"holds a lone UTF-16 surrogate \\u{ord(bad):04x}, "
+                               "which is not a character and cannot be written as UTF-8")
+    return record
 
 
 def detect_format(record: dict) -> str:
@@ -81,35 +155,29 @@ def read_documents(path: str | os.PathLike, format: str = "auto", strict: bool =
     name = os.fspath(path)
     out = DocumentList()
     seen_ids: dict[str, int] = {}
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    for line_no, raw in _numbered_lines(name):
+        if not raw.strip():
+            continue
 
-            def report(field: str, message: str, _line=line_no) -> None:
-                issue = DataIssue(name, _line, field, message)
-                if strict:
-                    raise ValueError(str(issue))
-                logger.warning("skipped: %s", issue)
-                out.issues.append(issue)
+        def report(field: str, message: str, _line=line_no) -> None:
+            issue = DataIssue(name, _line, field, message)
+            if strict:
+                raise DocumentError(issue)
+            logger.warning("skipped: %s", issue)
+            out.issues.append(issue)
 
-            try:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise _RecordError("<line>", f"not valid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(record, dict):
-                    raise _RecordError("<line>", f"expected a JSON object, got {type(record).__name__}")
-                kind = detect_format(record) if format == "auto" else format
-                doc = _PARSERS[kind](record, line_no, report)
-            except _RecordError as err:
-                report(err.field, err.message)
-                continue
-            if doc.doc_id in seen_ids:
-                report("doc_id", f"duplicate document id {doc.doc_id!r} (first on line {seen_ids[doc.doc_id]})")
-                continue
-            seen_ids[doc.doc_id] = line_no
-            out.append(doc)
+        try:
+            record = _parse_line(raw)
+            kind = detect_format(record) if format == "auto" else format
+            doc = _PARSERS[kind](record, line_no, report)
+        except _RecordError as err:
+            report(err.field, err.message)
+            continue
+        if doc.doc_id in seen_ids:
+            report("doc_id", f"duplicate document id {doc.doc_id!r} (first on line {seen_ids[doc.doc_id]})")
+            continue
+        seen_ids[doc.doc_id] = line_no
+        out.append(doc)
     return out
 
 
@@ -193,7 +261,9 @@ def _parse_chars(record: dict, line_no: int, report: Callable[[str, str], None])
         raise _RecordError("text", "expected the raw text as a string")
     doc_id = _doc_id(record, ("id", "doc_id"), line_no)
     spans = []
-    for n, item in enumerate(_entity_list(record, "entities")):
+    entities = _entity_list(record, "entities")
+    plain_offsets = split_words(text)[1] if entities else []
+    for n, item in enumerate(entities):
         field = f"entities[{n}]"
         if not isinstance(item, dict) or not {"start", "end", "label"} <= item.keys():
             report(field, 'expected {"start": int, "end": int, "label": str}')
@@ -206,6 +276,12 @@ def _parse_chars(record: dict, line_no: int, report: Callable[[str, str], None])
             problem = f"span [{start}, {end}) = {text[start:end]!r} begins or ends with whitespace"
         if problem is None and "text" in item and item["text"] != text[start:end]:
             problem = f"stated text {item['text']!r} does not match the text {text[start:end]!r}"
+        for edge in (start, end) if problem is None else ():
+            cluster = cut_inside_cluster(text, plain_offsets, edge)
+            if cluster is not None:
+                problem = (f"span [{start}, {end}) cuts the character {cluster!r} (one grapheme cluster) "
+                           f"at {edge}: an accent, vowel sign or emoji modifier would be cut off its base")
+                break
         if problem:
             report(field, problem)
             continue

@@ -19,10 +19,9 @@ import contextlib
 import dataclasses
 import os
 import random
-import re
 
 from sener_jax.data import lexicon as lx
-from sener_jax.data.documents import Document
+from sener_jax.data.documents import Document, split_words
 from sener_jax.data.readers import document_from_text, document_to_chars_record, write_jsonl
 
 SYNTHETIC_LABELS = (
@@ -52,7 +51,6 @@ PRESETS = {
     "tiny": SyntheticPreset(8, 4, 4, 120, 400, 20, 40),
 }
 SPLIT_OFFSETS = {"train": 0, "dev": 1, "test": 2}
-_WORD = re.compile(r"\w+|[^\w\s]")
 
 
 class _TextBuilder:
@@ -67,7 +65,7 @@ class _TextBuilder:
     def write(self, text: str) -> None:
         self.parts.append(text)
         self.length += len(text)
-        self.n_words += len(_WORD.findall(text))
+        self.n_words += len(split_words(text)[0])
 
     @contextlib.contextmanager
     def entity(self, label: str):
