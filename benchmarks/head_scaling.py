@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sener_jax.models.span_head import SpanHead, SpanHeadConfig, band_cell_mask
+from sener_jax.band_layout import band_cell_mask
+from sener_jax.models.span_head import SpanHead, SpanHeadConfig
 
 
 def _loss_fn(cfg):

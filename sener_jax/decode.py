@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sener_jax.models.span_head import band_cell_mask, transpose_band
+from sener_jax.band_layout import band_cell_mask, band_end, transpose_band
 
 Span = tuple[int, int, int, float]  # (start, end_exclusive, type_id, score)
 
@@ -38,7 +38,7 @@ def _device_candidates(logits, word_lengths, threshold, *, window: int, max_cand
     count = chosen.sum(axis=(1, 2))
     flat_index = jax.vmap(lambda c: jnp.nonzero(c, size=max_candidates, fill_value=0)[0])(chosen.reshape(b, -1))
     start = flat_index // k
-    end_exclusive = start + flat_index % k - window + 1
+    end_exclusive = band_end(start, flat_index % k, window) + 1
     pick = lambda a: jnp.take_along_axis(a.reshape(b, -1), flat_index, axis=1)  # noqa: E731
     return count, start, end_exclusive, pick(type_id), pick(score)
 

@@ -9,7 +9,7 @@ def span_bce_loss(logits, labels, cell_mask, row_weight=None) -> jax.Array:
     """Binary cross-entropy with logits over the valid band cells, summed per segment, averaged over rows.
 
     logits (B, L, K, R) float; labels (B, L, K, R) {0, 1} (any int/bool/float dtype); cell_mask
-    (B, L, K) bool (valid cells, see `band_cell_mask`); row_weight (B,) float, default all 1: the
+    (B, L, K) bool (valid cells, see `band_layout.band_cell_mask`); row_weight (B,) float, default all 1: the
     result is sum_b row_weight[b] * loss_b / sum_b row_weight[b] (0 when every weight is 0), so a
     padding row given weight 0 neither adds to nor dilutes the average.
     Uses the stable form max(x, 0) - x*y + log1p(exp(-|x|)); masked cells contribute exactly 0

@@ -50,7 +50,8 @@ from sener_jax.losses import span_bce_loss
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.lora import is_lora_path
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
-from sener_jax.models.span_head import SpanHeadConfig, band_cell_mask
+from sener_jax.band_layout import band_cell_mask
+from sener_jax.models.span_head import SpanHeadConfig
 from sener_jax.predict import InferenceSettings, make_logits_fn, predict_documents
 
 logger = logging.getLogger(__name__)

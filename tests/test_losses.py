@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sener_jax.losses import span_bce_loss
-from sener_jax.models.span_head import INVALID_LOGIT, band_cell_mask
+from sener_jax.band_layout import band_cell_mask
+from sener_jax.models.span_head import INVALID_LOGIT
 
 
 def _loop_loss(logits, labels, cell_mask, row_weight):

@@ -7,14 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sener_jax.band_layout import band_cell_mask, transpose_band
 from sener_jax.models.span_head import (
     INVALID_LOGIT,
     SpanHead,
     SpanHeadConfig,
     apply_rope,
-    band_cell_mask,
     rope_table,
-    transpose_band,
 )
 
 D_IN = 16

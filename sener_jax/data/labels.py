@@ -1,14 +1,17 @@
 """Band-layout span labels (SPEC §3, §5) and their inverse.
 
-Band layout: cell `(i, k)` is the span from word i to word `j = i + k - window` (inclusive), so
-`k >= window` is the upper triangle (start <= end). A gold entity `[s, e]` (inclusive) of type r
-sets both `(s, window + e - s, r)` and `(e, window - (e - s), r)`.
+Band layout (`sener_jax.band_layout`): cell `(i, k)` is the span from word i to word
+`j = i + k - window` (inclusive), so `k >= window` is the upper triangle (start <= end). A gold
+entity `[s, e]` (inclusive) of type r sets both `(s, window + e - s, r)` and
+`(e, window - (e - s), r)` (`band_layout.span_cells`).
 """
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
 import numpy as np
+
+from sener_jax.band_layout import band_end, span_cells
 
 
 def is_representable(start: int, end: int, window: int) -> bool:
@@ -62,9 +65,8 @@ def band_labels(
         r = _type_id(label, label_to_id)
         if not 0 <= r < num_types:
             raise ValueError(f"type id {r} of entity {tuple(entity)!r} is outside [0, {num_types})")
-        width = end - 1 - start
-        out[start, window + width, r] = True
-        out[end - 1, window - width, r] = True
+        for row, column in span_cells(start, end - 1, window):  # the span and its mirrored cell
+            out[row, column, r] = True
     return out
 
 
@@ -74,5 +76,5 @@ def spans_from_band(labels: np.ndarray, window: int) -> list[tuple[int, int, int
     # nonzero over the whole contiguous array is much faster than over the strided upper half.
     rows, ks, types = np.nonzero(labels)
     upper = ks >= window
-    rows, ks, types = rows[upper], ks[upper] - window, types[upper]
-    return sorted(zip(rows.tolist(), (rows + ks + 1).tolist(), types.tolist()))
+    rows, ends, types = rows[upper], band_end(rows[upper], ks[upper], window), types[upper]
+    return sorted(zip(rows.tolist(), (ends + 1).tolist(), types.tolist()))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sener_jax.ops.attention_probs import dropout_probs, masked_softmax
 from sener_jax.ops.banded_attention import banded_attention
 
 PATTERNS = ("full", "arrow", "sliding")
@@ -92,23 +93,6 @@ def _einsum(spec: str, *operands) -> jax.Array:
     return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32)
 
 
-def _drop(probs: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    if rate <= 0.0 or rng is None:
-        return probs
-    keep = 1.0 - rate
-    return jnp.where(jax.random.bernoulli(rng, keep, probs.shape), probs / keep, 0.0)
-
-
-def masked_softmax(logits: jax.Array, valid: jax.Array) -> jax.Array:
-    """Softmax over the valid entries of the last axis; rows with none give zeros (no NaN)."""
-    logits = jnp.where(valid, logits, 0.0)
-    row_max = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1, keepdims=True)
-    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-    weights = jnp.where(valid, jnp.exp(logits - row_max), 0.0)
-    denom = jnp.sum(weights, axis=-1, keepdims=True)
-    return weights / jnp.where(denom > 0, denom, 1.0)
-
-
 def pattern_mask(token_mask: jax.Array, pattern: str, window: int) -> jax.Array:
     """(B, N, N) bool: query i may attend key j. The dense definition of each pattern."""
     n = token_mask.shape[-1]
@@ -152,11 +136,10 @@ def dense_attention(q, k, v, pos_key, pos_query, token_mask, *, geometry, scale,
     if settings.pattern == "arrow" and settings.logn:
         factor = logn_factor(token_mask, settings.logn_length)[:, None, None, None]
         logits = jnp.where(jnp.asarray(np.arange(n) == 0)[:, None], logits * factor, logits)
-    if settings.pattern == "full":
-        probs = jax.nn.softmax(jnp.where(allowed, logits, jnp.finfo(jnp.float32).min), axis=-1)
-    else:
-        probs = masked_softmax(logits, allowed)
-    probs = _drop(probs, settings.dropout_rate, dropout_rng)
+    # "full" keeps Hugging Face's masking (a row without any allowed key is uniform); the banded
+    # patterns give zeros there, as `banded_attention` does.
+    probs = masked_softmax(logits, allowed, fully_masked="uniform" if settings.pattern == "full" else "zeros")
+    probs = dropout_probs(probs, settings.dropout_rate, dropout_rng)
     return _einsum("bhij,bhjd->bhid", probs.astype(v.dtype), v).astype(q.dtype)
 
 
@@ -236,8 +219,8 @@ def banded_pattern_attention(q, k, v, pos_key, pos_query, token_mask, *, geometr
         row = cls_row_logits(q, k, pos_key, pos_query, geometry=geometry) / scale
         if settings.logn:
             row = row * logn_factor(token_mask, settings.logn_length)[:, None, None]
-        probs = masked_softmax(row, token_mask[:, None, :])
-        probs = _drop(probs, settings.dropout_rate, cls_rng)
+        probs = masked_softmax(row, token_mask[:, None, :], fully_masked="zeros")
+        probs = dropout_probs(probs, settings.dropout_rate, cls_rng)
         cls_out = _einsum("bhj,bhjd->bhd", probs.astype(v.dtype), v).astype(out.dtype)
         out = jnp.where(jnp.asarray(np.arange(n) == 0)[:, None], cls_out[:, :, None, :], out)
     else:

@@ -36,6 +36,8 @@ from sener_jax.models.torch_init import (
     torch_linear_kernel_init,
     torch_xavier_normal_init,
 )
+from sener_jax.band_layout import band_cell_mask, band_from_dense, dense_cell_mask, gather_band, transpose_band
+from sener_jax.ops.attention_probs import masked_softmax
 
 # Logit written into invalid band cells: sigmoid gives exactly 0, and it is finite in bf16/fp32.
 INVALID_LOGIT = -1e9
@@ -105,37 +107,8 @@ class SpanHeadConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Band-layout helpers (also used by decoding).
+# Band impl helpers (the layout itself lives in sener_jax.band_layout).
 # --------------------------------------------------------------------------------------------
-
-
-def band_cell_mask(word_mask: jax.Array, window: int) -> jax.Array:
-    """(B, L) bool -> (B, L, 2w'+1) bool: cell (i, k) is valid iff words i and j = i+k-w' exist and are real."""
-    word_mask = jnp.asarray(word_mask, bool)
-    return word_mask[:, :, None] & gather_band(word_mask[..., None], window)[..., 0]
-
-
-def gather_band(per_word: jax.Array, window: int) -> jax.Array:
-    """(B, L, F) -> (B, L, K, F) with out[b, i, k] = per_word[b, i + k - w'] (zero outside [0, L))."""
-    b, length, f = per_word.shape
-    k = 2 * window + 1
-    padded = jnp.pad(per_word, ((0, 0), (window, window), (0, 0)))
-    index = jnp.arange(length)[:, None] + jnp.arange(k)[None, :]
-    return padded[:, index]
-
-
-def transpose_band(x: jax.Array, window: int) -> jax.Array:
-    """Band layout of the transposed span matrix: out[b, i, k] = x[b, i+k-w', 2w'-k] (zero off the grid).
-
-    Row i of the result holds column i of S (the spans that END at word i, starts i-w'..i+w'), so a
-    row-wise op on the result is the column-wise op of SPEC §4.3. The map is an involution.
-    """
-    b, length, k = x.shape[:3]
-    padded = jnp.pad(x, ((0, 0), (window, window)) + ((0, 0),) * (x.ndim - 2))
-    ks = jnp.arange(k)
-    rows = jnp.arange(length)[:, None] + ks[None, :]  # (i + k - w') + w' in padded coordinates
-    cols = (2 * window - ks)[None, :]
-    return padded[:, rows, cols]
 
 
 def rope_table(positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +135,8 @@ def _masked_attention(q, k, v, key_valid, query_valid):
     """Single-head softmax attention over the second-to-last axis. q,k,v (..., N, c); masks (..., N)."""
     c = q.shape[-1]
     logits = jnp.einsum("...qc,...kc->...qk", q, k) / math.sqrt(c)
-    logits = jnp.where(key_valid[..., None, :], logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    # Fully masked rows are invalid queries (a valid cell is its own key), zeroed below.
+    probs = masked_softmax(logits, key_valid[..., None, :], fully_masked="uniform")
     out = jnp.einsum("...qk,...kc->...qc", probs, v)
     return jnp.where(query_valid[..., None], out, 0.0)
 
@@ -173,75 +146,75 @@ def _split_qkv(x, kernel, bias):
     return jnp.split(qkv, 3, axis=-1)  # q / k / v in that order along the output axis
 
 
+def _row_chunking(length: int, row_chunk: int) -> tuple[int, int]:
+    """(rows per chunk, number of chunks) for `map_row_chunks` over `length` rows."""
+    chunk = min(row_chunk, max(length, 1))
+    return chunk, -(-length // chunk)
+
+
+def map_row_chunks(fn, row_chunk: int, *arrays):
+    """Apply fn(start, *chunks) to `row_chunk` rows (axis 1) at a time with `lax.map`.
+
+    arrays: (B, L, ...) each, zero-padded to a whole number of chunks; fn gets the chunks
+    (B, C, ...) and the first row index `start` of the chunk, and returns (B, C, ...). Each chunk
+    is rematerialised in the backward pass (`jax.checkpoint`), so only one chunk's intermediates
+    ever exist and the saved residuals are the chunk inputs. Returns (B, L, ...).
+    """
+    b, length = arrays[0].shape[:2]
+    chunk, n_chunks = _row_chunking(length, row_chunk)
+    pad = n_chunks * chunk - length
+
+    def chunks(x):  # (B, L, ...) -> (n_chunks, B, C, ...)
+        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+        return x.reshape((b, n_chunks, chunk) + x.shape[2:]).swapaxes(0, 1)
+
+    starts = jnp.arange(n_chunks) * chunk
+    out = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), (starts,) + tuple(chunks(x) for x in arrays))
+    out = out.swapaxes(0, 1)  # (B, n_chunks, C, ...)
+    return out.reshape((b, n_chunks * chunk) + out.shape[3:])[:, :length]
+
+
 def band_row_attention(x, valid, kernel, bias, row_chunk: int):
     """Attention along k within each band row, RoPE position = k. x (B, L, K, c), valid (B, L, K).
 
-    Rows are processed `row_chunk` at a time with `lax.map`; each chunk is rematerialised in the
-    backward pass (`jax.checkpoint`), so only one chunk's (chunk, K, K) maps ever exist and the
-    saved residuals are the chunk inputs (O(L*K*c) in all).
+    Rows go `row_chunk` at a time through `map_row_chunks`, so only one chunk's (chunk, K, K)
+    maps ever exist and the saved residuals are O(L*K*c) in all.
     """
-    b, length, kk, c = x.shape
+    kk, c = x.shape[2:]
     sin, cos = (jnp.asarray(t) for t in rope_table(np.arange(kk), c))
 
-    @jax.checkpoint
-    def chunk_fn(args):
-        xc, vc = args  # (B, C, K, c), (B, C, K)
+    def chunk_fn(start, xc, vc):  # (B, C, K, c), (B, C, K)
         q, k, v = _split_qkv(xc, kernel, bias)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
         return _masked_attention(q, k, v, vc, vc)
 
-    chunk = min(row_chunk, max(length, 1))
-    n_chunks = -(-length // chunk)
-    pad = n_chunks * chunk - length
-    xs = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    vs = jnp.pad(valid, ((0, 0), (0, pad), (0, 0)))
-    xs = xs.reshape(b, n_chunks, chunk, kk, c).swapaxes(0, 1)
-    vs = vs.reshape(b, n_chunks, chunk, kk).swapaxes(0, 1)
-    out = jax.lax.map(chunk_fn, (xs, vs))  # (n_chunks, B, C, K, c)
-    out = out.swapaxes(0, 1).reshape(b, n_chunks * chunk, kk, c)
-    return out[:, :length]
+    return map_row_chunks(chunk_fn, row_chunk, x, valid)
 
 
 def band_biaffine(h_hat, t_hat, u, row_chunk: int, window: int):
     """Bilinear term in band layout: out[b, i, k, o] = h_hat[b, i] U_o t_hat[b, i+k-w'] (0 off the grid).
 
-    The (rows, K, 101) band of end vectors only exists one row chunk at a time (rematerialised
-    in the backward pass).
+    The (rows, K, 101) band of end vectors only exists one row chunk at a time (`map_row_chunks`).
     """
-    b, length, p = h_hat.shape
+    length = h_hat.shape[1]
     kk = 2 * window + 1
-    chunk = min(row_chunk, max(length, 1))
-    n_chunks = -(-length // chunk)
-    pad = n_chunks * chunk - length
-    h_chunks = jnp.pad(h_hat, ((0, 0), (0, pad), (0, 0))).reshape(b, n_chunks, chunk, p).swapaxes(0, 1)
-    t_padded = jnp.pad(t_hat, ((0, 0), (window, window + pad), (0, 0)))
+    chunk, n_chunks = _row_chunking(length, row_chunk)
+    # Zero end vectors beyond both ends, enough for the last (padded) chunk's window.
+    t_padded = jnp.pad(t_hat, ((0, 0), (window, window + n_chunks * chunk - length), (0, 0)))
     index = jnp.arange(chunk)[:, None] + jnp.arange(kk)[None, :]
 
-    @jax.checkpoint
-    def chunk_fn(args):
-        hc, start = args
+    def chunk_fn(start, hc):
         t_window = jax.lax.dynamic_slice_in_dim(t_padded, start, chunk + 2 * window, axis=1)
         t_band = t_window[:, index]  # (B, C, K, p)
         hu = jnp.einsum("bip,opq->bioq", hc, u)
         return jnp.einsum("bioq,bikq->biko", hu, t_band)
 
-    starts = jnp.arange(n_chunks) * chunk
-    out = jax.lax.map(chunk_fn, (h_chunks, starts))
-    return out.swapaxes(0, 1).reshape(b, n_chunks * chunk, kk, -1)[:, :length]
+    return map_row_chunks(chunk_fn, row_chunk, h_hat)
 
 
 # --------------------------------------------------------------------------------------------
 # Dense (i, j) reference helpers.
 # --------------------------------------------------------------------------------------------
-
-
-def dense_cell_mask(word_mask: jax.Array, window: int) -> jax.Array:
-    """(B, L) -> (B, L, L): span (i, j) is scored iff both words are real and |j - i| <= w'."""
-    word_mask = jnp.asarray(word_mask, bool)
-    length = word_mask.shape[1]
-    idx = jnp.arange(length)
-    in_band = jnp.abs(idx[None, :] - idx[:, None]) <= window
-    return word_mask[:, :, None] & word_mask[:, None, :] & in_band
 
 
 def dense_row_attention(s, valid, kernel, bias, window: int):
@@ -281,14 +254,6 @@ def dense_band_conv(s, kernel, window: int):
             shifted = padded[:, 1 + di : 1 + di + length, 2 + dj : 2 + dj + length]
             out = out + shifted @ kernel[a, b]
     return out
-
-
-def band_from_dense(s, window: int):
-    """(B, L, L, ...) -> (B, L, K, ...): X[i, k] = S[i, i+k-w'] (zero off the grid)."""
-    b, length = s.shape[:2]
-    padded = jnp.pad(s, ((0, 0), (0, 0), (window, window)) + ((0, 0),) * (s.ndim - 3))
-    index = jnp.arange(length)[:, None] + jnp.arange(2 * window + 1)[None, :]
-    return padded[:, jnp.arange(length)[:, None], index]
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .attention_probs import masked_softmax
+
 
 def band_offsets_to_dense(bias: jax.Array, window: int, n_keys: int) -> jax.Array:
     """Scatter a (..., N, 2w+1) band into (..., N, n_keys); cells outside the band are 0."""
@@ -62,11 +64,7 @@ def banded_attention_reference(
         logits = jnp.concatenate([global_logit[..., None], logits], axis=-1)
         valid = jnp.concatenate([jnp.ones(valid.shape[:-1] + (1,), bool), valid], axis=-1)
         values = jnp.concatenate([global_value[:, :, None, :], v], axis=-2)
-    # Masked cells are replaced (not added to) so that no inf/NaN reaches values or gradients.
-    logits = jnp.where(valid, logits, 0.0)
-    row_max = jax.lax.stop_gradient(jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1, keepdims=True))
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    weights = jnp.where(valid, jnp.exp(logits - row_max), 0.0)
-    denom = jnp.sum(weights, axis=-1, keepdims=True)
-    probs = weights / jnp.where(denom > 0, denom, 1.0)
+    # The global key is concatenated here on purpose (the oracle stays literal); rows without any
+    # valid key give zeros.
+    probs = masked_softmax(logits, valid, fully_masked="zeros")
     return jnp.einsum("bhij,bhjd->bhid", probs, values)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .attention_probs import dropout_probs, masked_softmax
+
 
 def _resolve_block(n: int, window: int, block: int | None) -> tuple[int, int, int]:
     """(block size, number of query blocks, neighbour key blocks on each side)."""
@@ -118,32 +120,18 @@ def banded_attention_xla(
     logits = jnp.einsum("bhcrd,bhctd->bhcrt", q_blocks, k_windows, preferred_element_type=jnp.float32)
     logits = logits + _band_to_slots(bias_blocks, window, size, neighbours)
     valid = jnp.asarray(_static_band_mask(window, size, neighbours))[None, None, None] & mask_windows[:, None, :, None, :]
-    # Invalid cells are replaced (not offset) so that no inf/NaN reaches values or gradients.
-    logits = jnp.where(valid, logits, 0.0)
-    row_max = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1)
-    if global_logit is not None:
+    if global_logit is None:
+        probs = masked_softmax(logits, valid, fully_masked="zeros")
+    else:  # the global key stays outside the slot axis (no concatenation of the key windows)
         global_blocks = _pad_axis(global_logit.astype(jnp.float32), 2, 0, extra).reshape(batch, heads, n_blocks, size)
-        row_max = jnp.maximum(row_max, global_blocks)
-    row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-    weights = jnp.where(valid, jnp.exp(logits - row_max[..., None]), 0.0)
-    denom = jnp.sum(weights, axis=-1)
-    if global_logit is not None:
-        global_weight = jnp.exp(global_blocks - row_max)
-        denom = denom + global_weight
-    inv_denom = 1.0 / jnp.where(denom > 0, denom, 1.0)
-    probs = weights * inv_denom[..., None]
-    if global_logit is not None:
-        global_prob = global_weight * inv_denom
+        probs, global_prob = masked_softmax(logits, valid, extra_logit=global_blocks, fully_masked="zeros")
     if dropout_rate > 0.0:
         if dropout_rng is None:
             raise ValueError("dropout_rate > 0 needs dropout_rng")
-        keep = 1.0 - dropout_rate
         band_rng, global_rng = jax.random.split(dropout_rng)
-        probs = jnp.where(jax.random.bernoulli(band_rng, keep, probs.shape), probs / keep, 0.0)
+        probs = dropout_probs(probs, dropout_rate, band_rng)
         if global_logit is not None:
-            global_prob = jnp.where(
-                jax.random.bernoulli(global_rng, keep, global_prob.shape), global_prob / keep, 0.0
-            )
+            global_prob = dropout_probs(global_prob, dropout_rate, global_rng)
     out = jnp.einsum("bhcrt,bhctd->bhcrd", probs.astype(v.dtype), v_windows, preferred_element_type=jnp.float32)
     if global_logit is not None:
         out = out + global_prob[..., None] * global_value[:, :, None, None, :].astype(jnp.float32)
