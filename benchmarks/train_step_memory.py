@@ -3,8 +3,8 @@
     python benchmarks/train_step_memory.py --config=configs/scirex.py --tokens=5120 --words=4096 \
         [--batch=1] [--dtype=bfloat16] [--remat] [--run]
 
-Lowers `train.make_train_step` with abstract inputs (`train.abstract_train_state`, nothing is
-allocated) on one device and prints XLA's memory analysis; with --run it also allocates random
+Compiles `train_step.make_train_step` on abstract inputs (`train_step.compile_train_step`, nothing
+is allocated) on one device and prints XLA's memory analysis; with --run it also allocates random
 weights and times real steps (only sensible where the memory fits). Random weights: no
 pretrained checkpoint is read (`model.pretrained` is ignored).
 """
@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sener_jax import train
+from sener_jax import train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/scirex.py", "Config file.")
 _TOKENS = flags.DEFINE_integer("tokens", 5120, "Tokens per segment (N).")
@@ -40,24 +40,18 @@ def main(argv):
         config.model.encoder.dtype = _DTYPE.value
     if _REMAT.value is not None:
         config.model.encoder.remat = _REMAT.value
-    model_config = train.model_config_from(config, vocab_size=128100, num_types=_TYPES.value)
-    mesh = train.make_mesh(jax.devices()[:1])
-    state, frozen, optimizer = train.abstract_train_state(config, model_config)
-    batch = train.abstract_batch(_BATCH.value, _TOKENS.value, _WORDS.value, model_config.head.window, _TYPES.value)
-    step = train.make_train_step(model_config, optimizer, mesh)
-    sharded = lambda tree, spec: jax.tree.map(  # noqa: E731
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, spec)), tree)
-    P = jax.sharding.PartitionSpec
+    model_config = train_step.model_config_from(config, vocab_size=128100, num_types=_TYPES.value)
+    mesh = train_step.make_mesh(jax.devices()[:1])
+    state, frozen, optimizer = train_step.abstract_train_state(config, model_config)
+    batch = train_step.abstract_batch(_BATCH.value, _TOKENS.value, _WORDS.value, model_config.head.window, _TYPES.value)
     start = time.perf_counter()
-    compiled = step.lower(sharded(state, P()), sharded(frozen, P()), sharded(batch, P("data"))).compile()
+    compiled = train_step.compile_train_step(model_config, optimizer, state, frozen, batch, mesh)
     compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes")
-    report = {f: int(getattr(memory, f)) for f in fields}
-    report["peak_estimate_bytes"] = (
-        report["argument_size_in_bytes"] + report["output_size_in_bytes"] - report["alias_size_in_bytes"]
-        + report["temp_size_in_bytes"]
-    )
+    parts = train_step.memory_analysis(compiled)
+    # The output keys are XLA's field names (earlier results in benchmarks/RESULTS.md use them).
+    report = {"argument_size_in_bytes": parts["arguments"], "output_size_in_bytes": parts["outputs"],
+              "alias_size_in_bytes": parts["aliased"], "temp_size_in_bytes": parts["temporaries"],
+              "peak_estimate_bytes": parts["peak"]}
     count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
     report.update(
         device=str(jax.devices()[0]), tokens=_TOKENS.value, words=_WORDS.value, batch=_BATCH.value,
@@ -65,8 +59,8 @@ def main(argv):
         trainable_params=count(state["trainable"]), frozen_params=count(frozen), compile_s=round(compile_s, 1),
     )
     if _RUN.value:
-        real_state, real_frozen, _ = train.create_train_state(config, model_config, 1000, jax.random.PRNGKey(0))
-        real_state, real_frozen = train.replicate(real_state, mesh), train.replicate(real_frozen, mesh)
+        real_state, real_frozen, _ = train_step.create_train_state(config, model_config, 1000, jax.random.PRNGKey(0))
+        real_state, real_frozen = train_step.replicate(real_state, mesh), train_step.replicate(real_frozen, mesh)
         rng = np.random.default_rng(0)
         arrays = {
             "input_ids": rng.integers(5, 128000, (_BATCH.value, _TOKENS.value)).astype(np.int32),
@@ -77,7 +71,7 @@ def main(argv):
             "labels": np.zeros((_BATCH.value, _WORDS.value, 2 * model_config.head.window + 1, _TYPES.value), np.uint8),
             "row_weight": np.ones((_BATCH.value,), np.float32),
         }
-        device_arrays = train.shard_batch(arrays, mesh)
+        device_arrays = train_step.shard_batch(arrays, mesh)
         real_state, metrics = compiled(real_state, real_frozen, device_arrays)
         jax.block_until_ready(metrics)
         times = []

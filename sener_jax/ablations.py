@@ -7,7 +7,7 @@
 Every variant is `sener_base(base)` (SeNER's own choices pinned explicitly, so that a base whose
 file happens to differ, e.g. the demo's full fine-tuning, still starts from SeNER) plus a few
 dotted-key overrides (`VARIANTS`). Memory is the peak of the COMPILED training step (XLA's own
-buffer assignment, `compiled_peak_bytes`), per device, for a batch of `batch_size` rows of
+buffer assignment, `train_step.compiled_memory`), per device, for a batch of `batch_size` rows of
 `n_tokens` tokens and `n_tokens - 2` words (the most words a segment of that length can hold).
 """
 from __future__ import annotations
@@ -20,6 +20,9 @@ import pathlib
 from typing import Iterable, Mapping
 
 import ml_collections
+
+from sener_jax import memory, train
+from sener_jax.data import load_tokenizer
 
 # SeNER's choices (SPEC sections 1-8), pinned on the base before any variant applies its overrides.
 SENER_SETTINGS: dict[str, object] = {
@@ -117,8 +120,6 @@ def run_variants(
     With `dev_only` (the default) a run evaluates only the dev split and writes no export: the
     ablation compares dev F1, and each skipped step saves minutes on a large model.
     """
-    from sener_jax import train
-
     workdir = pathlib.Path(workdir)
     results = {}
     for name in variants if variants is not None else VARIANTS:
@@ -139,43 +140,19 @@ def run_variants(
 # ----------------------------------------------------------------------------------------------
 
 
-def compiled_peak_bytes(compiled) -> int:
-    """Peak device memory of a compiled program from XLA's buffer assignment: arguments + outputs
-    (less what is aliased, i.e. donated) + temporaries."""
-    stats = compiled.memory_analysis()
-    if stats is None:
-        raise RuntimeError("this backend reports no memory analysis for compiled programs")
-    return int(
-        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-    )
-
-
 def train_step_peak_bytes(config: ml_collections.ConfigDict, n_tokens: int, *, batch_size: int = 1,
                           vocab_size: int = 128100, num_types: int = 4, method: str = "compiled") -> int:
     """Peak memory of one training step of `config` on one device, for `batch_size` rows of
-    `n_tokens` tokens and `n_tokens - 2` words; nothing is allocated. The ONE place that measures:
-    "compiled" lowers and compiles the real step (`compiled_peak_bytes`); "analytic" asks
-    `sener_jax.memory` (no compilation: much faster on a CPU, an estimate)."""
+    `n_tokens` tokens and `n_tokens - 2` words; nothing is allocated. "compiled" lowers and compiles
+    the real step (`train_step.compiled_memory`); "analytic" counts without compiling (much faster on
+    a CPU, an estimate). Both through `memory.predict_memory`, which ignores `model.pretrained` (the
+    geometry is in the config; no checkpoint is downloaded to measure)."""
     if n_tokens < 3:
         raise ValueError(f"n_tokens={n_tokens}: a segment needs at least [CLS], one word and [SEP]")
-    if method == "analytic":
-        from sener_jax import memory
-
-        return int(memory.predict_memory(config, n_tokens, batch_size, mode="train", method="analytic",
-                                         n_words=n_tokens - 2, num_types=num_types, vocab_size=vocab_size).peak)
-    if method != "compiled":
+    if method not in memory.METHODS:
         raise ValueError(f"memory method must be 'compiled' or 'analytic', got {method!r}")
-    import jax
-
-    from sener_jax import train
-
-    plain = copy.deepcopy(config)
-    plain.model.pretrained = ""  # the geometry is in the config; never download a checkpoint to measure
-    model_config = train.model_config_from(plain, vocab_size, num_types)
-    state, frozen, optimizer = train.abstract_train_state(plain, model_config)
-    step = train.make_train_step(model_config, optimizer, train.make_mesh(jax.devices()[:1]))
-    batch = train.abstract_batch(batch_size, n_tokens, n_tokens - 2, model_config.head.window, num_types)
-    return compiled_peak_bytes(step.lower(state, frozen, batch).compile())
+    return int(memory.predict_memory(config, n_tokens, batch_size, mode="train", method=method,
+                                     n_words=n_tokens - 2, num_types=num_types, vocab_size=vocab_size).peak)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +167,6 @@ def _vocab_size(config: ml_collections.ConfigDict) -> int:
     """The encoder's vocabulary: the config's, or (0 = "the tokenizer's") the tokenizer's."""
     if config.model.encoder.vocab_size > 0:
         return int(config.model.encoder.vocab_size)
-    from sener_jax.data import load_tokenizer
-
     return int(load_tokenizer(config.data.tokenizer).vocab_size)
 
 

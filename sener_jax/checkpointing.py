@@ -18,7 +18,6 @@ import os
 import pathlib
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from sener_jax import checkpoint_manifest
@@ -50,12 +49,6 @@ def _fingerprint_differences(saved: Any, current: Any, prefix: str = "") -> list
     if saved != current:
         return [f"{prefix.rstrip('.')}: checkpoint has {saved!r}, this run has {current!r}"]
     return []
-
-
-def tree_fingerprint(tree) -> dict:
-    """Path -> 'shape dtype' of every leaf: what must match for a checkpoint to restore."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): f"{tuple(leaf.shape)} {leaf.dtype}" for path, leaf in flat}
 
 
 class RunCheckpoints:

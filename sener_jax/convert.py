@@ -20,11 +20,13 @@ import sys
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from sener_jax.models.deberta import EncoderConfig, init_encoder_params
+from sener_jax.models.lora import is_lora_path
 
 CONFIG_FILE = "encoder_config.json"
 PARAMS_DIR = "params"
@@ -252,6 +254,44 @@ def load_encoder(out_dir: str | pathlib.Path) -> tuple[EncoderConfig, dict]:
     target = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
     params = ocp.StandardCheckpointer().restore(out_dir / PARAMS_DIR, target)
     return config, params
+
+
+# ---------------------------------------------------------------------------------------------
+# A pretrained encoder for training: a converted directory, or Hugging Face weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_converted_dir(spec: str) -> bool:
+    return (pathlib.Path(spec) / CONFIG_FILE).is_file()
+
+
+def pretrained_encoder_config(spec: str) -> EncoderConfig:
+    """The geometry of a pretrained encoder: a `sener_jax.convert` output directory, or a Hugging
+    Face directory / hub name (its config.json)."""
+    if _is_converted_dir(spec):
+        return EncoderConfig.from_dict(json.loads((pathlib.Path(spec) / CONFIG_FILE).read_text()))
+    return EncoderConfig.from_hf_config(resolve_model_dir(spec))
+
+
+def load_pretrained_encoder(spec: str, random_params: dict) -> dict:
+    """Pretrained encoder weights in the layout of `random_params`; LoRA leaves (never part of a
+    pretrained checkpoint) keep their fresh initialisation (B = 0: the adapter starts as a no-op)."""
+    _, loaded = load_encoder(spec) if _is_converted_dir(spec) else load_hf_deberta(spec)
+    loaded = traverse_util.flatten_dict(jax.device_get(loaded))
+    out = {}
+    for path, fresh in traverse_util.flatten_dict(random_params).items():
+        if is_lora_path(path):
+            out[path] = fresh
+            continue
+        if path not in loaded:
+            raise ValueError(f"pretrained encoder {spec}: parameter {'/'.join(path)} is missing")
+        if tuple(loaded[path].shape) != tuple(fresh.shape):
+            raise ValueError(
+                f"pretrained encoder {spec}: parameter {'/'.join(path)} has shape {tuple(loaded[path].shape)}, "
+                f"the configured model expects {tuple(fresh.shape)}"
+            )
+        out[path] = jnp.asarray(loaded[path], fresh.dtype)
+    return traverse_util.unflatten_dict(out)
 
 
 def main(argv: list[str] | None = None) -> int:

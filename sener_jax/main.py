@@ -38,6 +38,7 @@ def main(argv):
         print(config)
         return
     if _MODE.value == "plan":
+        # Deferred like the import below: JAX and the model load only for a mode that needs them.
         from sener_jax import memory
 
         print(memory.plan_table(config, batch=_PLAN_BATCH.value, lengths=[int(n) for n in _PLAN_LENGTHS.value],
@@ -48,13 +49,13 @@ def main(argv):
     # Our progress at INFO; libraries (Orbax logs every file it writes) stay at WARNING.
     logging.getLogger("sener_jax").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
-    # Imported here so that `--mode=config` and `--help` stay fast.
-    from sener_jax import distributed, train
+    # Imported here, after flag parsing, so that `--mode=config` and `--help` stay fast (no JAX import).
+    from sener_jax import distributed, modes
 
     if distributed.initialize(config) and not distributed.is_primary():
         logging.getLogger("sener_jax").setLevel(logging.WARNING)  # progress is logged by process 0 only
 
-    train.run_mode(_MODE.value, config, _WORKDIR.value)
+    modes.run_mode(_MODE.value, config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

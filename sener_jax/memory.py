@@ -4,7 +4,7 @@ Two independent predictors of the peak bytes one device needs for one step of B 
 (L words), with params replicated and the batch sharded (so per-device == a one-device program on
 the per-device batch):
 
-  - "compiled": the real program (`train.make_train_step`, or the inference forward) lowered with
+  - "compiled": the real program (`train_step.make_train_step`, or the inference forward) lowered with
     ShapeDtypeStructs and compiled; XLA's buffer assignment reports arguments, outputs, donated
     aliases and temporaries, and peak = arguments + outputs - aliases + temporaries. Exact for the
     backend it compiles for (CPU here; GPU fusion and layouts differ somewhat).
@@ -33,7 +33,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sener_jax import optim, train
+from sener_jax import optim, train_step
+from sener_jax.data import load_tokenizer
 from sener_jax.models.sener import SenerConfig, band_logits
 from sener_jax.models.span_head import SpanHeadConfig
 
@@ -82,12 +83,10 @@ def model_config_for(config: ml_collections.ConfigDict, *, dtype: str | None = N
     if vocab_size is None:
         vocab_size = int(config.model.encoder.vocab_size)
         if vocab_size <= 0:
-            from sener_jax.data import load_tokenizer
-
             vocab_size = load_tokenizer(config.data.tokenizer).vocab_size
     plain = ml_collections.ConfigDict(config.to_dict())
     plain.model.pretrained = ""
-    model_config = train.model_config_from(plain, vocab_size, num_types or DEFAULT_NUM_TYPES)
+    model_config = train_step.model_config_from(plain, vocab_size, num_types or DEFAULT_NUM_TYPES)
     if dtype is not None:
         model_config = dataclasses.replace(model_config, encoder=dataclasses.replace(model_config.encoder, dtype=dtype))
     return model_config
@@ -99,11 +98,7 @@ def words_for(n_tokens: int, words_per_token: float = DEFAULT_WORDS_PER_TOKEN, b
 
 
 def _one_device_mesh() -> Mesh:
-    return train.make_mesh(jax.devices()[:1])
-
-
-def _on(tree, sharding):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return train_step.make_mesh(jax.devices()[:1])
 
 
 def _bytes(tree) -> int:
@@ -120,8 +115,8 @@ class _Setup:
 
 
 def _setup(config, n_tokens: int, n_words: int, batch: int, model_config: SenerConfig) -> _Setup:
-    state, frozen, optimizer = train.abstract_train_state(config, model_config)
-    arrays = train.abstract_batch(batch, n_tokens, n_words, model_config.head.window, model_config.head.num_types)
+    state, frozen, optimizer = train_step.abstract_train_state(config, model_config)
+    arrays = train_step.abstract_batch(batch, n_tokens, n_words, model_config.head.window, model_config.head.num_types)
     return _Setup(model_config, state, frozen, optimizer, arrays)
 
 
@@ -144,27 +139,17 @@ def _infer_fn(model_config: SenerConfig):
     return logits
 
 
-def compiled_memory(setup: _Setup, mode: str) -> dict[str, int]:
+def compiled_parts(setup: _Setup, mode: str) -> dict[str, int]:
     """XLA's memory analysis of the one-device program (compiles; allocates nothing)."""
     mesh = _one_device_mesh()
-    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     if mode == "train":
-        step = train.make_train_step(setup.model_config, setup.optimizer, mesh)
-        lowered = step.lower(_on(setup.state, replicated), _on(setup.frozen, replicated), _on(setup.batch, rows))
-    else:
-        params, arrays = _infer_inputs(setup)
-        lowered = jax.jit(_infer_fn(setup.model_config)).lower(_on(params, replicated), _on(arrays, rows))
-    stats = lowered.compile().memory_analysis()
-    if stats is None:
-        raise RuntimeError(f"backend {jax.default_backend()!r} gives no compiled memory analysis")
-    parts = {
-        "arguments": int(stats.argument_size_in_bytes),
-        "outputs": int(stats.output_size_in_bytes),
-        "aliased": int(stats.alias_size_in_bytes),
-        "temporaries": int(stats.temp_size_in_bytes),
-    }
-    parts["peak"] = parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]
-    return parts
+        return train_step.compiled_memory(setup.model_config, setup.optimizer, setup.state, setup.frozen,
+                                          setup.batch, mesh)
+    params, arrays = _infer_inputs(setup)
+    lowered = jax.jit(_infer_fn(setup.model_config)).lower(
+        train_step.abstract_replicated(params, mesh), train_step.abstract_on(arrays, NamedSharding(mesh, P("data")))
+    )
+    return train_step.memory_analysis(lowered.compile())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +273,7 @@ def analytic_memory(setup: _Setup, mode: str) -> dict[str, int]:
     if mode == "train":
         parts["optimizer"] = _bytes(state["opt_state"]) + _bytes({"step": state["step"], "rng": state["rng"]})
         parts["batch"] = _bytes(setup.batch)
-        step = train.make_train_step(setup.model_config, setup.optimizer, _one_device_mesh())
+        step = train_step.make_train_step(setup.model_config, setup.optimizer, _one_device_mesh())
         jaxpr = jax.make_jaxpr(step)(setup.state, setup.frozen, setup.batch).jaxpr
     else:
         params, arrays = _infer_inputs(setup)
@@ -327,7 +312,7 @@ def predict_memory(
     model_config = model_config_for(config, dtype=dtype, vocab_size=vocab_size, num_types=num_types)
     n_words = n_words or words_for(seq_len)
     setup = _setup(config, seq_len, n_words, batch, model_config)
-    parts = compiled_memory(setup, mode) if method == "compiled" else analytic_memory(setup, mode)
+    parts = compiled_parts(setup, mode) if method == "compiled" else analytic_memory(setup, mode)
     peak = parts.pop("peak")
     return MemoryReport(method, mode, seq_len, n_words, batch, model_config.encoder.dtype, peak, parts)
 

@@ -21,6 +21,7 @@ Params = Mapping[str, Any]
 
 FINETUNE_MODES = ("lora", "full", "head")
 LORA_TARGETS = ("query_proj", "value_proj")
+GROUPS = ("head", "lora", "encoder")  # the trained groups, in the order logs show them
 
 
 def param_group(path: tuple[str, ...], finetune: str) -> str:
@@ -40,6 +41,12 @@ def param_group(path: tuple[str, ...], finetune: str) -> str:
         if path[-1] == "bias" and len(path) >= 2 and path[-2] in LORA_TARGETS:
             return "lora"
     return "frozen"
+
+
+def trained_groups(params: Params, finetune: str) -> tuple[str, ...]:
+    """The groups (in `GROUPS` order) that some leaf of `params` trains in, e.g. ("head", "lora")."""
+    used = {param_group(path, finetune) for path in traverse_util.flatten_dict(params)}
+    return tuple(group for group in GROUPS if group in used)
 
 
 def decays(path: tuple[str, ...]) -> bool:

@@ -5,7 +5,7 @@ import pytest
 from flax import traverse_util
 
 from configs import demo, scirex
-from sener_jax import ablations, optim, train
+from sener_jax import ablations, optim, train_step
 from sener_jax.models.sener import init_params
 
 
@@ -44,7 +44,7 @@ def test_every_variant_but_masking_changes_the_model_or_the_trained_leaves():
     assert base.model.head.num_blocks == 0 or base.model.encoder.lora_rank == 0
 
     def fingerprint(config):
-        model_config = train.model_config_from(config, 300, 3)
+        model_config = train_step.model_config_from(config, 300, 3)
         shapes = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
         trainable, _ = optim.split_trainable(shapes, config.train.finetune)
         return model_config, sorted(traverse_util.flatten_dict(trainable))
@@ -113,9 +113,9 @@ def test_f1_table_reports_the_difference_to_sener():
 def test_compiled_peak_covers_params_optimizer_state_and_batch():
     config = ablations.variant_config(demo.get_config("tiny"), "SeNER")
     config.model.encoder.num_hidden_layers = 1
-    model_config = train.model_config_from(config, 300, 3)
-    state, frozen, _ = train.abstract_train_state(config, model_config)
-    batch = train.abstract_batch(1, 64, 62, model_config.head.window, 3)
+    model_config = train_step.model_config_from(config, 300, 3)
+    state, frozen, _ = train_step.abstract_train_state(config, model_config)
+    batch = train_step.abstract_batch(1, 64, 62, model_config.head.window, 3)
     argument_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                          for x in jax.tree.leaves((state, frozen, batch)))
     short = ablations.train_step_peak_bytes(config, 64, vocab_size=300, num_types=3)

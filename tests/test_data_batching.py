@@ -10,7 +10,6 @@ from sener_jax.data import (
     SYNTHETIC_LABELS,
     band_labels,
     bucket_for,
-    default_buckets,
     generate_documents,
     length_buckets,
     load_tokenizer,
@@ -29,7 +28,9 @@ def setup():
     tokenizer = load_tokenizer("synthetic")
     documents = generate_documents(6, seed=1, preset="tiny")
     segments = segment_documents(documents, tokenizer, max_tokens=96, overlap_words=12)
-    token_buckets, word_buckets = default_buckets(segments, token_base=16, word_base=8)
+    # The fixed buckets training uses (InferenceSettings.buckets): powers of two up to max_tokens, and
+    # up to max_tokens - 2 words ([CLS]/[SEP] hold none).
+    token_buckets, word_buckets = length_buckets(96, 16), length_buckets(96 - 2, 8)
     return tokenizer, segments, token_buckets, word_buckets
 
 

@@ -48,27 +48,27 @@ def worker(out: str, workdir: str) -> None:
     import jax
     from flax import traverse_util
 
-    from sener_jax import checkpointing, distributed, train
+    from sener_jax import checkpointing, distributed, run_setup, train_step
 
     joined = distributed.initialize()
     config = tiny_config()
-    run = train.prepare_run(config, workdir)
+    run = run_setup.prepare_run(config, workdir)
     assert run.mesh.devices.size == 4, run.mesh
-    state, frozen, optimizer = train.create_train_state(config, run.model_config, run.total_updates,
+    state, frozen, optimizer = train_step.create_train_state(config, run.model_config, run.total_updates,
                                                         jax.random.PRNGKey(config.seed))
-    state, frozen = train.replicate(state, run.mesh), train.replicate(frozen, run.mesh)
-    step = train.make_train_step(run.model_config, optimizer, run.mesh)
+    state, frozen = train_step.replicate(state, run.mesh), train_step.replicate(frozen, run.mesh)
+    step = train_step.make_train_step(run.model_config, optimizer, run.mesh)
     initial = traverse_util.flatten_dict(distributed.replicated_to_host(state["trainable"]))
     losses, local_rows = [], []
     for _ in range(STEPS):
         batch = next(run.train_iterator)
         local_rows.append(int(batch.arrays["input_ids"].shape[0]))
-        state, metrics = step(state, frozen, train.device_batch(batch, run.mesh))
+        state, metrics = step(state, frozen, train_step.device_batch(batch, run.mesh))
         losses.append(float(metrics["loss"]))
     # Orbax from every process into the shared workdir, then back.
     checkpoints = checkpointing.RunCheckpoints(pathlib.Path(workdir) / "checkpoints" / "test")
     checkpoints.save(STEPS, state, {"fingerprint": {"steps": STEPS}})
-    restored, _ = checkpoints.restore(STEPS, train._abstract_on_mesh(state, run.mesh), {"steps": STEPS})
+    restored, _ = checkpoints.restore(STEPS, train_step.abstract_replicated(state, run.mesh), {"steps": STEPS})
     checkpoints.close()
     trainable = traverse_util.flatten_dict(distributed.replicated_to_host(state["trainable"]))
     restored_trainable = traverse_util.flatten_dict(distributed.replicated_to_host(restored["trainable"]))

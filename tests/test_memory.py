@@ -10,10 +10,9 @@
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs.base import get_base_config, make_tiny
-from sener_jax import memory, optim, train
+from sener_jax import memory, optim, train_step
 
 NUM_TYPES = 3
 
@@ -53,16 +52,11 @@ def test_compiled_prediction_is_the_per_device_memory_of_the_sharded_step(report
     config, n, batch, _ = CASES["lora/train/N128"]
     predicted = reports["lora/train/N128"]["compiled"]
     model_config = memory.model_config_for(config, num_types=NUM_TYPES)
-    state, frozen, optimizer = train.abstract_train_state(config, model_config)
-    mesh = train.make_mesh()
+    state, frozen, optimizer = train_step.abstract_train_state(config, model_config)
+    mesh = train_step.make_mesh()
     assert mesh.devices.size == 8
-    rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    global_batch = train.abstract_batch(8 * batch, n, predicted.n_words, model_config.head.window, NUM_TYPES)
-    step = train.make_train_step(model_config, optimizer, mesh)
-    stats = step.lower(memory._on(state, replicated), memory._on(frozen, replicated),
-                       memory._on(global_batch, rows)).compile().memory_analysis()
-    per_device = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-                  + stats.temp_size_in_bytes)
+    global_batch = train_step.abstract_batch(8 * batch, n, predicted.n_words, model_config.head.window, NUM_TYPES)
+    per_device = train_step.compiled_memory(model_config, optimizer, state, frozen, global_batch, mesh)["peak"]
     assert abs(predicted.peak / per_device - 1) <= 0.15, (predicted.describe(), per_device)
 
 
@@ -70,8 +64,8 @@ def test_abstract_state_matches_the_real_state():
     """What the predictor lowers (eval_shape) has exactly the shapes/dtypes training allocates."""
     config = tiny_config()
     model_config = memory.model_config_for(config, num_types=NUM_TYPES)
-    abstract, abstract_frozen, _ = train.abstract_train_state(config, model_config)
-    real, real_frozen, _ = train.create_train_state(config, model_config, 1000, jax.random.PRNGKey(0))
+    abstract, abstract_frozen, _ = train_step.abstract_train_state(config, model_config)
+    real, real_frozen, _ = train_step.create_train_state(config, model_config, 1000, jax.random.PRNGKey(0))
     shape = lambda t: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), t)  # noqa: E731
     assert shape(abstract) == shape(real)
     assert shape(abstract_frozen) == shape(real_frozen)
@@ -96,7 +90,7 @@ def test_optimizer_state_only_for_trainable_leaves(reports):
     # Adam: two moments per trainable float32 leaf, plus a few counters and the step/rng.
     config = tiny_config()
     model_config = memory.model_config_for(config, num_types=NUM_TYPES)
-    state, _, _ = train.abstract_train_state(config, model_config)
+    state, _, _ = train_step.abstract_train_state(config, model_config)
     trainable = memory._bytes(state["trainable"])
     assert 2 * trainable <= lora["optimizer"] <= 2 * trainable + 1024
     assert lora["optimizer"] < 0.5 * full["optimizer"]

@@ -247,21 +247,22 @@ def test_predict_mode_writes_an_html_report_beside_the_json_lines(tmp_path):
     import jax
 
     from configs import demo
-    from sener_jax import train
+    from sener_jax import modes, run_setup, train_step
+    from sener_jax.data import load_tokenizer
     from sener_jax.export import export_model
     from sener_jax.models.sener import init_params
 
     config = demo.get_config("tiny")
-    tokenizer = train.load_tokenizer("synthetic")
+    tokenizer = load_tokenizer("synthetic")
     labels = ["name", "organization"]
-    model_config = train.model_config_from(config, tokenizer.vocab_size, len(labels))
+    model_config = train_step.model_config_from(config, tokenizer.vocab_size, len(labels))
     params = init_params(model_config, jax.random.PRNGKey(0))
-    export_model(tmp_path / "export", model_config, params, tokenizer, labels, train.inference_settings(config))
+    export_model(tmp_path / "export", model_config, params, tokenizer, labels, run_setup.inference_settings(config))
     texts = {"a": "Ulric Brandt <works> at Norvale Institute of Technology.", "b": "Phone: +27 (428) 891-6513"}
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
     config.eval.threshold = 0.0  # random weights: a zero threshold so that spans come out
     config.predict.input = str(tmp_path / "in.jsonl")
-    train.run_mode("predict", config, tmp_path)
+    modes.run_mode("predict", config, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     page = (tmp_path / "predictions.html").read_text()
     parsed = parse(page.split("<body>", 1)[1].rsplit("</body>", 1)[0])

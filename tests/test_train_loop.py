@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import dataclasses
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -15,8 +17,11 @@ import pytest
 from flax import traverse_util
 
 from configs import demo, profiling07, scholarxl, scirex
-from sener_jax import checkpointing, convert, train
+from sener_jax import checkpointing, convert, modes, train, train_step
 from sener_jax.checkpoint_manifest import MANIFEST_NAME
+from sener_jax.data import load_data
+from sener_jax.models.sener import init_params
+from sener_jax.run_setup import prepare_run
 from sener_jax.data import word_span_to_chars
 from sener_jax.models.lora import is_lora_path
 from sener_jax.predict import Extractor, make_logits_fn, predict_documents, predict_file
@@ -65,9 +70,9 @@ def test_demo_tiny_trains_evaluates_and_exports(demo_run):
 
 def test_export_round_trip_matches_training_evaluation(demo_run):
     config, workdir, _ = demo_run
-    run = train.prepare_run(config, workdir)
+    run = prepare_run(config, workdir)
     documents = run.data.splits["dev"]
-    params = train._restore_best_params(run)
+    params = modes.restore_best_params(run)
     in_training = predict_documents(
         make_logits_fn(run.model_config, run.mesh), params, documents, run.data.tokenizer, run.data.labels,
         run.settings, window=run.model_config.head.window, batch_size=config.eval.batch_size,
@@ -87,7 +92,7 @@ def test_export_round_trip_matches_training_evaluation(demo_run):
 
 def test_eval_mode_reproduces_the_training_evaluation(demo_run, capsys):
     config, workdir, results = demo_run
-    again = train.evaluate_checkpoint(config, workdir)
+    again = modes.evaluate_checkpoint(config, workdir)
     assert again["dev"]["micro"] == results["dev"]["micro"]
     assert "micro" in capsys.readouterr().out  # the per-type table is printed
 
@@ -183,18 +188,18 @@ def test_dataset_tiny_configs_train_and_evaluate(module, data_fields, shared_dat
     results = train.train_and_evaluate(config, tmp_path)
     dev = json.loads((tmp_path / "eval_dev.json").read_text())
     assert dev["micro"] == results["dev"]["micro"] and dev["documents"] == 2 and dev["micro"]["gold"] > 0
-    assert set(dev["per_type"]) <= set(train.load_data(config, tmp_path).labels)
+    assert set(dev["per_type"]) <= set(load_data(config, tmp_path).labels)
 
 
 def test_pretrained_encoder_is_loaded_and_lora_stays_fresh(tmp_path):
     config = scirex.get_config("tiny")
-    model_config = train.model_config_from(config, vocab_size=50, num_types=2)
-    random_encoder = train.init_params(model_config, jax.random.PRNGKey(7))["encoder"]
+    model_config = train_step.model_config_from(config, vocab_size=50, num_types=2)
+    random_encoder = init_params(model_config, jax.random.PRNGKey(7))["encoder"]
     plain = {k: v for k, v in traverse_util.flatten_dict(random_encoder).items() if not is_lora_path(k)}
-    convert.save_encoder(tmp_path / "enc", train.dataclasses.replace(model_config.encoder, lora_rank=0),
+    convert.save_encoder(tmp_path / "enc", dataclasses.replace(model_config.encoder, lora_rank=0),
                          traverse_util.unflatten_dict(plain))
     config.model.pretrained = str(tmp_path / "enc")
-    params = train.initial_params(config, model_config, jax.random.PRNGKey(0))
+    params = train_step.initial_params(config, model_config, jax.random.PRNGKey(0))
     loaded = traverse_util.flatten_dict(params["encoder"])
     for path, value in plain.items():
         np.testing.assert_array_equal(loaded[path], value)

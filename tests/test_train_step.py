@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from configs.base import get_base_config
-from sener_jax import optim, train
+from sener_jax import optim, train_step
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.sener import SenerConfig
 from sener_jax.models.span_head import SpanHeadConfig
@@ -57,18 +57,18 @@ def random_batch(seed: int, rows: int = 8, real_rows: int = 6, n_tokens: int = 1
 @pytest.fixture(scope="module")
 def initial():
     """(state, frozen, optimizer) built once for the module (init compiles the whole model)."""
-    return train.create_train_state(train_config(), MODEL, total_updates=10, rng=jax.random.PRNGKey(0))
+    return train_step.create_train_state(train_config(), MODEL, total_updates=10, rng=jax.random.PRNGKey(0))
 
 
 def run_steps(mesh, initial, n_steps=2):
     state, frozen, optimizer = initial
     state = jax.tree.map(jnp.array, state)  # a copy: the step donates its state
     frozen_before = jax.tree.map(np.array, frozen)
-    state, frozen = train.replicate(state, mesh), train.replicate(frozen, mesh)
-    step = train.make_train_step(MODEL, optimizer, mesh)
+    state, frozen = train_step.replicate(state, mesh), train_step.replicate(frozen, mesh)
+    step = train_step.make_train_step(MODEL, optimizer, mesh)
     losses = []
     for i in range(n_steps):
-        state, metrics = step(state, frozen, train.shard_batch(random_batch(i), mesh))
+        state, metrics = step(state, frozen, train_step.shard_batch(random_batch(i), mesh))
         losses.append(float(metrics["loss"]))
     return state, frozen, frozen_before, losses
 
@@ -76,7 +76,7 @@ def run_steps(mesh, initial, n_steps=2):
 @pytest.fixture(scope="module")
 def eight_and_one(initial):
     assert jax.device_count() == 8, "tests/conftest.py provides 8 fake CPU devices"
-    return run_steps(train.make_mesh(), initial), run_steps(train.make_mesh(jax.devices()[:1]), initial)
+    return run_steps(train_step.make_mesh(), initial), run_steps(train_step.make_mesh(jax.devices()[:1]), initial)
 
 
 def test_eight_devices_equal_one_device(eight_and_one):
@@ -93,7 +93,7 @@ def test_loss_is_the_global_mean_over_real_rows(initial):
     """Loss of a batch == mean over its real rows of the per-row loss (padding rows add nothing)."""
     state, frozen, _ = initial
     params = optim.merge_params(state["trainable"], frozen)
-    loss_sum = jax.jit(lambda p, b: train.loss_sum(MODEL, p, b, deterministic=True))
+    loss_sum = jax.jit(lambda p, b: train_step.loss_sum(MODEL, p, b, deterministic=True))
     batch = random_batch(3)
     total = loss_sum(params, batch) / batch["row_weight"].sum()
     # Each real row alone, in a batch of the same shape whose other rows are padding.
@@ -143,7 +143,7 @@ def test_frozen_label_zeroes_updates_when_given_the_full_tree(initial):
 
 def test_gradient_accumulation_matches_one_big_batch(initial):
     """MultiSteps over two half-filled batches == one step on the full batch (global-row mean)."""
-    mesh = train.make_mesh(jax.devices()[:1])
+    mesh = train_step.make_mesh(jax.devices()[:1])
     full = random_batch(5, rows=8, real_rows=8)
     first, second = (dict(full, row_weight=(np.arange(8) // 4 == h).astype(np.float32)) for h in (0, 1))
     state, frozen, optimizer = initial
@@ -152,9 +152,9 @@ def test_gradient_accumulation_matches_one_big_batch(initial):
     def final(optimizer, batches):
         st = jax.tree.map(jnp.array, state)
         st["opt_state"] = optimizer.init(st["trainable"])
-        step = train.make_train_step(MODEL, optimizer, mesh)
+        step = train_step.make_train_step(MODEL, optimizer, mesh)
         for b in batches:
-            st, _ = step(st, frozen, train.shard_batch(b, mesh))
+            st, _ = step(st, frozen, train_step.shard_batch(b, mesh))
         return traverse_util.flatten_dict(jax.device_get(st["trainable"]))
 
     whole = final(optimizer, [full])

@@ -9,7 +9,6 @@ from sener_jax.data.batching import (
     MaskingConfig,
     bucket_for,
     collate,
-    default_buckets,
     length_buckets,
     make_batches,
 )
@@ -27,12 +26,12 @@ from sener_jax.data.readers import (
     read_documents,
     write_jsonl,
 )
+from sener_jax.data.splits import SPLITS, DataBundle, load_data, split_by_order, write_synthetic_data
 from sener_jax.data.segment import Segment, segment_document, segment_documents, word_windows
 from sener_jax.data.synthetic import (
     PRESETS as SYNTHETIC_PRESETS,
     SYNTHETIC_LABELS,
     generate_documents,
-    generate_splits,
     write_synthetic_dataset,
 )
 from sener_jax.data.tokenizer import SyntheticTokenizer, Tokenizer, load_tokenizer
@@ -40,6 +39,7 @@ from sener_jax.data.tokenizer import SyntheticTokenizer, Tokenizer, load_tokeniz
 __all__ = [
     "Batch",
     "BatchIterator",
+    "DataBundle",
     "DataFileError",
     "DataIssue",
     "DocumentError",
@@ -49,20 +49,20 @@ __all__ = [
     "MaskingConfig",
     "SYNTHETIC_LABELS",
     "SYNTHETIC_PRESETS",
+    "SPLITS",
     "Segment",
     "SyntheticTokenizer",
     "Tokenizer",
     "band_labels",
     "bucket_for",
     "collate",
-    "default_buckets",
     "document_from_text",
     "document_to_chars_record",
     "generate_documents",
-    "generate_splits",
     "is_representable",
     "label_set",
     "length_buckets",
+    "load_data",
     "load_tokenizer",
     "make_batches",
     "merge_documents",
@@ -72,10 +72,12 @@ __all__ = [
     "segment_documents",
     "select_whole_words",
     "spans_from_band",
+    "split_by_order",
     "split_words",
     "whole_word_mask",
     "word_span_to_chars",
     "word_windows",
     "write_jsonl",
+    "write_synthetic_data",
     "write_synthetic_dataset",
 ]

@@ -266,15 +266,3 @@ def make_batches(segments: Sequence[Segment], batch_size: int, pad_id: int, toke
     """
     return list(BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets,
                               shuffle=False, num_epochs=1, **labelling))
-
-
-def default_buckets(segments: Sequence[Segment], token_base: int = 128, word_base: int = 32
-                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Token and word buckets covering `segments`: powers of two times a base, capped at the maximum.
-
-    Round `token_base` to the attention block size so every N is a multiple of it.
-    """
-    max_tokens = max((s.n_tokens for s in segments), default=2)
-    max_words = max((s.n_words for s in segments), default=1)
-    top_tokens = -(-max_tokens // token_base) * token_base
-    return length_buckets(top_tokens, token_base), length_buckets(max(max_words, 1), word_base)

@@ -257,20 +257,14 @@ def _generate_raw(n: int, seed: int, preset: str | SyntheticPreset, split: str):
         yield f"{split}-{i:05d}", text, entities
 
 
-def generate_splits(seed: int = 0, preset: str = "small") -> dict[str, list[Document]]:
-    """{"train", "dev", "test"} documents of a preset."""
-    sizes = PRESETS[preset]
-    counts = {"train": sizes.n_train, "dev": sizes.n_dev, "test": sizes.n_test}
-    return {split: generate_documents(count, seed, sizes, split) for split, count in counts.items()}
-
-
-def write_synthetic_dataset(directory: str | os.PathLike, seed: int = 0, preset: str = "small") -> dict[str, str]:
+def write_synthetic_dataset(directory: str | os.PathLike, seed: int = 0, preset: str | SyntheticPreset = "small"
+                            ) -> dict[str, str]:
     """Write train/dev/test `.jsonl` files in the character-offset format; returns {split: path}."""
+    sizes = PRESETS[preset] if isinstance(preset, str) else preset
     os.makedirs(directory, exist_ok=True)
     paths = {}
-    for split, documents in generate_splits(seed, preset).items():
+    for split, count in (("train", sizes.n_train), ("dev", sizes.n_dev), ("test", sizes.n_test)):
         path = os.path.join(os.fspath(directory), f"{split}.jsonl")
-        write_jsonl(path, (document_to_chars_record(d) for d in documents))
+        write_jsonl(path, (document_to_chars_record(d) for d in generate_documents(count, seed, sizes, split)))
         paths[split] = path
     return paths
-

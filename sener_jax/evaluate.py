@@ -1,0 +1,45 @@
+"""Evaluation of a run's params: decode -> merge -> document-level P/R/F1 (SPEC section 9)."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+from sener_jax import distributed, metrics
+from sener_jax.models.sener import SenerConfig
+from sener_jax.predict import InferenceSettings, predict_documents
+from sener_jax.run_setup import RunSetup
+
+
+def evaluate_split(
+    logits_fn, params, documents, tokenizer, labels, settings: InferenceSettings, model_config: SenerConfig,
+    *, batch_size: int, split: str,
+) -> dict:
+    """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9)."""
+    predicted = predict_documents(
+        logits_fn, params, documents, tokenizer, labels, settings,
+        window=model_config.head.window, batch_size=batch_size, progress=f"eval {split}",
+    )
+    gold = {d.doc_id: [(e.start, e.end, e.label) for e in d.entities] for d in documents}
+    results = metrics.evaluate_entities(gold, predicted, max_span_words=model_config.head.window + 1)
+    results["split"] = split
+    return results
+
+
+def write_eval(workdir: pathlib.Path, split: str, results: dict) -> None:
+    path = workdir / f"eval_{split}.json"
+    path.write_text(json.dumps(results, indent=2, sort_keys=True))
+    print(metrics.format_table(results, title=f"== {split}: {results['documents']} documents ({path}) =="), flush=True)
+
+
+def evaluate_and_write(run: RunSetup, logits_fn, params) -> dict:
+    """Evaluates every configured split that has documents; writes WORKDIR/eval_<split>.json."""
+    results = {}
+    for split in run.config.eval.splits:
+        if split in run.data.splits:
+            results[split] = evaluate_split(
+                logits_fn, params, run.data.splits[split], run.data.tokenizer, run.data.labels, run.settings,
+                run.model_config, batch_size=run.config.eval.batch_size, split=split,
+            )
+            if distributed.is_primary():
+                write_eval(run.workdir, split, results[split])
+    return results

@@ -1,0 +1,80 @@
+"""The modes of `python -m sener_jax.main` that need a workdir: train, eval, export, predict, stats.
+
+Kept apart from main.py so that flag parsing, `--help` and `--mode=config` do not import JAX and
+the model (main.py imports this module only once it knows it needs it).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+
+from sener_jax import checkpointing, optim
+from sener_jax.data import load_data
+from sener_jax.data.coverage import report as coverage_report
+from sener_jax.evaluate import evaluate_and_write
+from sener_jax.export import export_model
+from sener_jax.predict import make_logits_fn, predict_file
+from sener_jax.render import write_predictions_report
+from sener_jax.run_setup import RunSetup, prepare_run, restore_best_trainable
+from sener_jax.train import train_and_evaluate
+from sener_jax.train_step import initial_params, replicate
+
+
+def restore_best_params(run: RunSetup):
+    """The full params of the run's best checkpoint (frozen weights re-read from their source)."""
+    best = checkpointing.RunCheckpoints(run.workdir / "checkpoints" / "best")
+    if best.latest_step() is None:
+        raise FileNotFoundError(f"no best checkpoint under {best.directory}: train first (--mode=train)")
+    params = initial_params(run.config, run.model_config, jax.random.split(jax.random.PRNGKey(run.config.seed))[0])
+    trainable, frozen = optim.split_trainable(params, run.config.train.finetune)
+    frozen = replicate(frozen, run.mesh)
+    trainable = restore_best_trainable(best, run, trainable)
+    best.close()
+    return optim.merge_params(trainable, frozen)
+
+
+def evaluate_checkpoint(config, workdir) -> dict:
+    run = prepare_run(config, workdir)
+    params = restore_best_params(run)
+    return evaluate_and_write(run, make_logits_fn(run.model_config, run.mesh), params)
+
+
+def export_checkpoint(config, workdir) -> pathlib.Path:
+    run = prepare_run(config, workdir)
+    params = restore_best_params(run)
+    return export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels, run.settings)
+
+
+def predict_mode(config, workdir) -> None:
+    export_dir = config.predict.export_dir or str(pathlib.Path(workdir) / "export")
+    output = config.predict.output or str(pathlib.Path(workdir) / "predictions.jsonl")
+    written = predict_file(export_dir, config.predict.input, output, batch_size=config.predict.batch_size)
+    print(f"wrote {written} predictions to {output}")
+    # Beside the JSON lines, a page to read the entities in their text (sener_jax.render).
+    labels = json.loads((pathlib.Path(export_dir) / "model.json").read_text()).get("labels")
+    report = write_predictions_report(config.predict.input, output, pathlib.Path(output).with_suffix(".html"), labels=labels)
+    print(f"wrote an HTML report to {report}")
+
+
+def stats_mode(config, workdir) -> None:
+    data = load_data(config, workdir)
+    print(coverage_report(data.splits, data.tokenizer, config.model.head.window, config.data.max_tokens,
+                          config.data.overlap_words, original=True))
+
+
+def run_mode(mode: str, config, workdir) -> None:
+    """Dispatch for main.py."""
+    if mode == "train":
+        train_and_evaluate(config, workdir)
+    elif mode == "eval":
+        evaluate_checkpoint(config, workdir)
+    elif mode == "export":
+        print(export_checkpoint(config, workdir))
+    elif mode == "predict":
+        predict_mode(config, workdir)
+    elif mode == "stats":
+        stats_mode(config, workdir)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")

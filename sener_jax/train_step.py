@@ -1,0 +1,263 @@
+"""The training step and what it runs on: model config, train state, batches, mesh.
+
+  - `model_config_from(config, vocab_size, num_types)`  the SenerConfig a run uses
+  - `create_train_state(config, model_config, total_updates, rng)`
+                                  initial (state, frozen, optimizer); `abstract_train_state` gives the
+                                  same as ShapeDtypeStructs without computing it
+  - `make_train_step(model_config, optimizer, mesh)`
+                                  ONE jitted function (state, frozen, batch) -> (state, metrics);
+                                  lowerable with abstract inputs (`compiled_memory` does that)
+
+Sharding: a 1-D mesh over all devices with axis "data"; params and optimizer state replicated,
+batches sharded along rows. The step's loss is normalised by the GLOBAL number of real rows, so
+the result does not depend on the number of devices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sener_jax import distributed, optim
+from sener_jax.convert import load_pretrained_encoder, pretrained_encoder_config
+from sener_jax.losses import span_bce_loss
+from sener_jax.models.deberta import EncoderConfig
+from sener_jax.models.sener import SenerConfig, band_logits, init_params
+from sener_jax.band_layout import band_cell_mask
+from sener_jax.models.span_head import SpanHeadConfig
+
+logger = logging.getLogger(__name__)
+
+BATCH_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "labels", "row_weight")
+# EncoderConfig fields that stay as the config says when a pretrained encoder is loaded: SeNER's own
+# choices and the dropout rates (e.g. attention dropout 0 for the Pallas kernel, which has none).
+# Every other field (the geometry) comes from the checkpoint.
+SENER_ENCODER_FIELDS = (
+    "attention", "attention_impl", "window", "logn", "logn_length", "lora_rank", "lora_alpha", "dtype", "remat",
+    "hidden_dropout_prob", "attention_probs_dropout_prob",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and parameters
+# ----------------------------------------------------------------------------------------------
+
+
+def model_config_from(config: ml_collections.ConfigDict, vocab_size: int, num_types: int) -> SenerConfig:
+    """The SenerConfig of a run. With a pretrained encoder its geometry comes from the checkpoint."""
+    fields = config.model.encoder.to_dict()
+    if fields.get("vocab_size", 0) <= 0:
+        fields["vocab_size"] = vocab_size
+    if fields.get("pos_att_type") is not None:
+        fields["pos_att_type"] = tuple(fields["pos_att_type"])
+    encoder = EncoderConfig.from_dict(fields)
+    if config.model.pretrained:
+        pretrained = pretrained_encoder_config(config.model.pretrained)
+        encoder = dataclasses.replace(pretrained, **{k: getattr(encoder, k) for k in SENER_ENCODER_FIELDS})
+    if encoder.vocab_size < vocab_size:
+        raise ValueError(
+            f"model.encoder.vocab_size={encoder.vocab_size} is smaller than the tokenizer's vocabulary ({vocab_size})"
+        )
+    head = SpanHeadConfig(num_types=num_types, **config.model.head.to_dict())
+    return SenerConfig(encoder=encoder, head=head, pool_impl=config.model.pool_impl)
+
+
+def initial_params(config, model_config: SenerConfig, rng: jax.Array) -> dict:
+    """Random params, with the encoder replaced by the pretrained one when configured."""
+    params = init_params(model_config, rng)
+    if not config.model.pretrained:
+        logger.warning(
+            "model.pretrained is empty: the encoder starts from RANDOM weights (fine for the demo and "
+            "tests; set --config.model.pretrained=microsoft/deberta-v3-large or a directory for real runs)"
+        )
+        return params
+    logger.info("loading the pretrained encoder from %s", config.model.pretrained)
+    params["encoder"] = load_pretrained_encoder(config.model.pretrained, params["encoder"])
+    return params
+
+
+def _train_state(config, params: dict, total_updates: int, rng: jax.Array):
+    """(state, frozen, optimizer) around `params`: the one layout real and abstract states share."""
+    trainable, frozen = optim.split_trainable(params, config.train.finetune)
+    optimizer = optim.make_optimizer(config.train, trainable, total_updates)
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "trainable": trainable,
+        "opt_state": optimizer.init(trainable),
+        "rng": rng,
+    }
+    return state, frozen, optimizer
+
+
+def create_train_state(config, model_config: SenerConfig, total_updates: int, rng: jax.Array):
+    """(state, frozen, optimizer). `state` = {"step", "trainable", "opt_state", "rng"} holds everything
+    that changes during training; `frozen` holds the encoder weights that never do (no optimizer state)."""
+    init_key, dropout_key = jax.random.split(rng)
+    return _train_state(config, initial_params(config, model_config, init_key), total_updates, dropout_key)
+
+
+def abstract_train_state(config, model_config: SenerConfig, total_updates: int = 1000):
+    """(state, frozen) as ShapeDtypeStructs (nothing allocated) plus the optimizer: for `.lower()`."""
+    optimizer_box = []
+
+    def build():
+        params = init_params(model_config, jax.random.PRNGKey(0))
+        state, frozen, optimizer = _train_state(config, params, total_updates, jax.random.PRNGKey(0))
+        optimizer_box.append(optimizer)
+        return state, frozen
+
+    state, frozen = jax.eval_shape(build)
+    return state, frozen, optimizer_box[0]
+
+
+def abstract_batch(batch_size: int, n_tokens: int, n_words: int, window: int, num_types: int) -> dict:
+    """ShapeDtypeStructs of one global training batch."""
+    s = jax.ShapeDtypeStruct
+    return {
+        "input_ids": s((batch_size, n_tokens), jnp.int32),
+        "attention_mask": s((batch_size, n_tokens), jnp.int32),
+        "word_index": s((batch_size, n_tokens), jnp.int32),
+        "word_mask": s((batch_size, n_words), jnp.bool_),
+        "labels": s((batch_size, n_words, 2 * window + 1, num_types), jnp.uint8),
+        "row_weight": s((batch_size,), jnp.float32),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh and placement
+# ----------------------------------------------------------------------------------------------
+
+
+def make_mesh(devices=None) -> Mesh:
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), ("data",))
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(arrays: dict, mesh: Mesh) -> dict:
+    return jax.device_put(arrays, NamedSharding(mesh, P("data")))
+
+
+def abstract_on(tree, sharding):
+    """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs) placed with `sharding`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def abstract_replicated(tree, mesh: Mesh):
+    """`tree` as ShapeDtypeStructs replicated on `mesh`: the target a checkpoint restores into."""
+    return abstract_on(tree, NamedSharding(mesh, P()))
+
+
+def device_batch(batch, mesh: Mesh) -> dict:
+    """A data Batch -> the sharded arrays the step takes (row_weight = 1 for real rows, 0 for padding)."""
+    arrays = {k: batch.arrays[k] for k in BATCH_KEYS if k in batch.arrays}
+    arrays["row_weight"] = batch.row_valid.astype(np.float32)
+    # Each process holds only its rows (multi-host): assemble the global array from them.
+    return distributed.global_batch(arrays, mesh)
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+# ----------------------------------------------------------------------------------------------
+
+
+def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, dropout_key=None):
+    """Sum over the rows of `batch` of row_weight * (BCE summed over the row's valid cells)."""
+    logits = band_logits(
+        model_config, params, batch["input_ids"], batch["attention_mask"], batch["word_index"], batch["word_mask"],
+        deterministic=deterministic, rngs=None if deterministic else {"dropout": dropout_key},
+    )
+    cells = band_cell_mask(batch["word_mask"], model_config.head.window)
+    weight = batch["row_weight"]
+    # span_bce_loss is sum(weight * row_loss) / sum(weight): times sum(weight) gives the weighted sum.
+    return span_bce_loss(logits, batch["labels"], cells, row_weight=weight) * jnp.sum(weight)
+
+
+def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *, deterministic: bool = False):
+    """The training step: one jitted function (state, frozen, batch) -> (state, {"loss", "grad_norm"}).
+
+    Inside, a shard_map over the "data" axis computes each device's share of the loss, normalised
+    by the global number of real rows, and its gradient; the optimizer update then runs on the
+    replicated (summed) gradient. `state` is donated. Inputs must already live on `mesh`:
+    state/frozen replicated (`replicate`), the batch sharded along rows (`shard_batch`).
+    """
+
+    def device_grads(trainable, frozen, batch, rng, step):
+        key = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index("data"))
+        global_rows = jnp.maximum(jax.lax.psum(jnp.sum(batch["row_weight"]), "data"), 1.0)
+
+        def loss_fn(train_params):
+            params = optim.merge_params(train_params, frozen)
+            return loss_sum(model_config, params, batch, deterministic=deterministic, dropout_key=key) / global_rows
+
+        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+        # `trainable` enters replicated (P()); with shard_map's varying-axis checks (check_vma),
+        # the gradient w.r.t. a replicated input is already summed over "data" by the transpose
+        # of the implicit broadcast, so only the loss needs an explicit psum.
+        return jax.lax.psum(loss, "data"), grads
+
+    sharded = jax.shard_map(
+        device_grads,
+        mesh=mesh,
+        in_specs=(P(), P(), P("data"), P(), P()),
+        out_specs=(P(), P()),
+    )
+
+    def step(state, frozen, batch):
+        loss, grads = sharded(state["trainable"], frozen, batch, state["rng"], state["step"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+        new_state = {
+            "step": state["step"] + 1,
+            "trainable": optax.apply_updates(state["trainable"], updates),
+            "opt_state": opt_state,
+            "rng": state["rng"],
+        }
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory of the compiled step (nothing allocated)
+# ----------------------------------------------------------------------------------------------
+
+
+def memory_analysis(compiled) -> dict[str, int]:
+    """XLA's buffer assignment of a compiled program: arguments, outputs, aliased (donated) and
+    temporary bytes, and peak = arguments + outputs - aliased + temporaries."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"backend {jax.default_backend()!r} gives no compiled memory analysis")
+    parts = {
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+        "aliased": int(stats.alias_size_in_bytes),
+        "temporaries": int(stats.temp_size_in_bytes),
+    }
+    parts["peak"] = parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]
+    return parts
+
+
+def compile_train_step(model_config: SenerConfig, optimizer, state, frozen, batch, mesh: Mesh | None = None):
+    """The train step compiled for abstract (or real) inputs of these shapes on `mesh` (default: one
+    device): state/frozen replicated, the global `batch` sharded along rows. Allocates nothing."""
+    mesh = mesh if mesh is not None else make_mesh(jax.devices()[:1])
+    step = make_train_step(model_config, optimizer, mesh)
+    rows = NamedSharding(mesh, P("data"))
+    return step.lower(abstract_replicated(state, mesh), abstract_replicated(frozen, mesh),
+                      abstract_on(batch, rows)).compile()
+
+
+def compiled_memory(model_config: SenerConfig, optimizer, state, frozen, batch, mesh: Mesh | None = None
+                    ) -> dict[str, int]:
+    """Per-device `memory_analysis` of the train step compiled on abstract inputs (`compile_train_step`)."""
+    return memory_analysis(compile_train_step(model_config, optimizer, state, frozen, batch, mesh))
