@@ -26,7 +26,7 @@ from sener_jax.models.span_head import SpanHead, SpanHeadConfig
 def _loss_fn(cfg):
     def loss(params, x, mask):
         out = SpanHead(cfg).apply({"params": params}, x, mask)
-        return jnp.sum(jnp.where(band_cell_mask(mask, cfg.window)[..., None], out, 0.0))
+        return jnp.sum(jnp.where(band_cell_mask(mask, cfg.band_half_width)[..., None], out, 0.0))
 
     return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
@@ -77,7 +77,7 @@ def main():
         dense = None
         if dense_tensor_gib <= args.dense_cap_gib:
             dense = measure(
-                dataclasses.replace(cfg, impl="dense"), length, args.input_dim, length <= args.time_max_dense, args.repeats
+                dataclasses.replace(cfg, impl="reference"), length, args.input_dim, length <= args.time_max_dense, args.repeats
             )
         rows.append((length, band, dense))
         print(length, band, dense, flush=True)
@@ -86,7 +86,7 @@ def main():
         return "-" if v is None else f"{v:.2f}"
 
     print()
-    print(f"device: {jax.devices()[0].device_kind}; B=1, d={args.input_dim}, w'={cfg.window}, c={cfg.channels}, "
+    print(f"device: {jax.devices()[0].device_kind}; B=1, d={args.input_dim}, w'={cfg.band_half_width}, c={cfg.channels}, "
           f"R={cfg.num_types}, blocks={cfg.num_blocks}, row_chunk={cfg.row_chunk}, fp32, forward+backward")
     print()
     print("| words L | band temp MiB | band MiB / L | dense temp MiB | band / dense | band fwd+bwd s | dense fwd+bwd s |")

@@ -43,7 +43,7 @@ def main(argv):
     model_config = train_step.model_config_from(config, vocab_size=128100, num_types=_TYPES.value)
     mesh = train_step.make_mesh(jax.devices()[:1])
     state, frozen, optimizer = train_step.abstract_train_state(config, model_config)
-    batch = train_step.abstract_batch(_BATCH.value, _TOKENS.value, _WORDS.value, model_config.head.window, _TYPES.value)
+    batch = train_step.abstract_batch(_BATCH.value, _TOKENS.value, _WORDS.value, model_config.head.band_half_width, _TYPES.value)
     start = time.perf_counter()
     compiled = train_step.compile_train_step(model_config, optimizer, state, frozen, batch, mesh)
     compile_s = time.perf_counter() - start
@@ -68,7 +68,7 @@ def main(argv):
             "word_index": np.minimum(np.arange(_TOKENS.value) * _WORDS.value // _TOKENS.value, _WORDS.value - 1)[None]
             .repeat(_BATCH.value, 0).astype(np.int32),
             "word_mask": np.ones((_BATCH.value, _WORDS.value), bool),
-            "labels": np.zeros((_BATCH.value, _WORDS.value, 2 * model_config.head.window + 1, _TYPES.value), np.uint8),
+            "labels": np.zeros((_BATCH.value, _WORDS.value, 2 * model_config.head.band_half_width + 1, _TYPES.value), np.uint8),
             "row_weight": np.ones((_BATCH.value,), np.float32),
         }
         device_arrays = train_step.shard_batch(arrays, mesh)

@@ -81,7 +81,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.encoder = ml_collections.ConfigDict(dict(DEBERTA_V3_LARGE, **SENER_ENCODER))
     config.model.head = ml_collections.ConfigDict(
         dict(
-            window=128,
+            max_span_words=129,  # longest span in words: |j - i| <= w' = 128 (SPEC's w')
             biaffine_dim=100,
             channels=32,
             num_blocks=2,
@@ -93,7 +93,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             row_chunk=128,
         )
     )
-    # Subword -> word max-pooling: "segment" (scatter-max, O(N)) or "dense" (the (L, N) reference).
+    # Subword -> word max-pooling: "segment" (scatter-max, O(N)) or "reference" (the (L, N) twin).
     config.model.pool_impl = "segment"
 
     config.data = ml_collections.ConfigDict()
@@ -162,7 +162,7 @@ def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model.encoder.window = 16
     config.model.encoder.lora_rank = 4
     config.model.pretrained = ""
-    config.model.head.update(dict(window=8, biaffine_dim=16, channels=8, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0))
+    config.model.head.update(dict(max_span_words=9, biaffine_dim=16, channels=8, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0))
     config.data.max_tokens = 96
     config.data.overlap_words = 8
     # One (128 tokens, 94 words) bucket: a single compiled program for training and one for eval.

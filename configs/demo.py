@@ -23,7 +23,7 @@ def get_config(arg=None):
                                      position_buckets=32, max_relative_positions=64, lora_rank=0))
     # No BiSPA blocks in the demo: on 2 CPU cores one block multiplies the step time by ~10
     # (K x K attention per word with K = 129); the dataset configs keep the paper's 2 blocks.
-    config.model.head.update(dict(window=64, biaffine_dim=48, channels=16, num_blocks=0, mlp_dropout=0.1,
+    config.model.head.update(dict(max_span_words=65, biaffine_dim=48, channels=16, num_blocks=0, mlp_dropout=0.1,
                                   bispa_dropout=0.1, row_chunk=128))
     config.data.name = "synthetic"
     config.data.synthetic = dict(enabled=True, preset="small", seed=0, n_train=120, n_dev=20, n_test=20)
@@ -50,7 +50,7 @@ def get_config(arg=None):
         config.data.max_tokens = 128
         config.data.overlap_words = 16
         config.data.word_bucket_base = 128  # one (128, 126) bucket: one compiled program each
-        config.model.head.update(dict(window=16, row_chunk=128))
+        config.model.head.update(dict(max_span_words=17, row_chunk=128))
         config.train.num_epochs = 1
         config.train.max_steps = 2
     elif arg:

@@ -225,7 +225,7 @@ def authors_config(
     )
     head = SpanHeadConfig(
         num_types=int(num_types),
-        window=int(head_window),
+        max_span_words=int(head_window) + 1,
         biaffine_dim=int(p) - 1,
         channels=int(channels),
         num_blocks=len(blocks),

@@ -17,10 +17,10 @@ def evaluate_split(
     """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9)."""
     predicted = predict_documents(
         logits_fn, params, documents, tokenizer, labels, settings,
-        window=model_config.head.window, batch_size=batch_size, progress=f"eval {split}",
+        window=model_config.head.band_half_width, batch_size=batch_size, progress=f"eval {split}",
     )
     gold = {d.doc_id: [(e.start, e.end, e.label) for e in d.entities] for d in documents}
-    results = metrics.evaluate_entities(gold, predicted, max_span_words=model_config.head.window + 1)
+    results = metrics.evaluate_entities(gold, predicted, max_span_words=model_config.head.max_span_words)
     results["split"] = split
     return results
 

@@ -116,7 +116,7 @@ class _Setup:
 
 def _setup(config, n_tokens: int, n_words: int, batch: int, model_config: SenerConfig) -> _Setup:
     state, frozen, optimizer = train_step.abstract_train_state(config, model_config)
-    arrays = train_step.abstract_batch(batch, n_tokens, n_words, model_config.head.window, model_config.head.num_types)
+    arrays = train_step.abstract_batch(batch, n_tokens, n_words, model_config.head.band_half_width, model_config.head.num_types)
     return _Setup(model_config, state, frozen, optimizer, arrays)
 
 

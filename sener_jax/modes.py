@@ -60,7 +60,7 @@ def predict_mode(config, workdir) -> None:
 
 def stats_mode(config, workdir) -> None:
     data = load_data(config, workdir)
-    print(coverage_report(data.splits, data.tokenizer, config.model.head.window, config.data.max_tokens,
+    print(coverage_report(data.splits, data.tokenizer, config.model.head.max_span_words - 1, config.data.max_tokens,
                           config.data.overlap_words, original=True))
 
 

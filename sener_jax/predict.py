@@ -128,7 +128,7 @@ class Extractor:
         predictions = (
             predict_documents(
                 self._logits_fn, self.params, documents, self.tokenizer, self.labels, self.settings,
-                window=self.model_config.head.window, batch_size=batch_size,
+                window=self.model_config.head.band_half_width, batch_size=batch_size,
                 progress="extract" if progress else None,
             )
             if documents

@@ -73,7 +73,7 @@ def train_iterator(config, data: DataBundle, model_config: SenerConfig, settings
         )
     iterator = BatchIterator(
         segments, config.train.batch_size, tokenizer.pad_id, token_buckets, word_buckets,
-        window=model_config.head.window, label_to_id={l: i for i, l in enumerate(data.labels)},
+        window=model_config.head.band_half_width, label_to_id={l: i for i, l in enumerate(data.labels)},
         num_types=len(data.labels), shuffle=True, seed=config.seed, num_epochs=config.train.num_epochs,
         masking=masking,
     )

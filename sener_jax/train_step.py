@@ -64,7 +64,8 @@ def model_config_from(config: ml_collections.ConfigDict, vocab_size: int, num_ty
         raise ValueError(
             f"model.encoder.vocab_size={encoder.vocab_size} is smaller than the tokenizer's vocabulary ({vocab_size})"
         )
-    head = SpanHeadConfig(num_types=num_types, **config.model.head.to_dict())
+    # from_dict: a user config still setting the old head `window` is read, with a warning.
+    head = SpanHeadConfig.from_dict({"num_types": num_types, **config.model.head.to_dict()})
     return SenerConfig(encoder=encoder, head=head, pool_impl=config.model.pool_impl)
 
 
@@ -176,7 +177,7 @@ def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, d
         model_config, params, batch["input_ids"], batch["attention_mask"], batch["word_index"], batch["word_mask"],
         deterministic=deterministic, rngs=None if deterministic else {"dropout": dropout_key},
     )
-    cells = band_cell_mask(batch["word_mask"], model_config.head.window)
+    cells = band_cell_mask(batch["word_mask"], model_config.head.band_half_width)
     weight = batch["row_weight"]
     # span_bce_loss is sum(weight * row_loss) / sum(weight): times sum(weight) gives the weighted sum.
     return span_bce_loss(logits, batch["labels"], cells, row_weight=weight) * jnp.sum(weight)

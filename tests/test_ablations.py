@@ -115,7 +115,7 @@ def test_compiled_peak_covers_params_optimizer_state_and_batch():
     config.model.encoder.num_hidden_layers = 1
     model_config = train_step.model_config_from(config, 300, 3)
     state, frozen, _ = train_step.abstract_train_state(config, model_config)
-    batch = train_step.abstract_batch(1, 64, 62, model_config.head.window, 3)
+    batch = train_step.abstract_batch(1, 64, 62, model_config.head.band_half_width, 3)
     argument_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                          for x in jax.tree.leaves((state, frozen, batch)))
     short = ablations.train_step_peak_bytes(config, 64, vocab_size=300, num_types=3)

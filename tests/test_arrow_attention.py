@@ -67,7 +67,7 @@ def test_banded_forward_matches_dense(pattern, impl, n, lengths, window):
     inputs = _attention_inputs(n, lengths, seed=n + window)
     settings = AttentionSettings(pattern=pattern, impl=impl, window=window)
     out = _attention_fn(settings, False)(*inputs)
-    ref = _attention_fn(dataclasses.replace(settings, impl="dense"), False)(*inputs)
+    ref = _attention_fn(dataclasses.replace(settings, impl="reference"), False)(*inputs)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
 
 
@@ -79,7 +79,7 @@ def test_long_arrow_matches_dense(impl, logn, logn_length):
     inputs = _attention_inputs(1000, [1000, 613], seed=7)
     settings = AttentionSettings(pattern="arrow", impl=impl, window=64, logn=logn, logn_length=logn_length)
     out = _attention_fn(settings, False)(*inputs)
-    ref = _attention_fn(dataclasses.replace(settings, impl="dense"), False)(*inputs)
+    ref = _attention_fn(dataclasses.replace(settings, impl="reference"), False)(*inputs)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
 
 
@@ -90,7 +90,7 @@ def test_banded_gradients_match_dense(pattern, impl):
     projection = jnp.asarray(np.random.default_rng(12).normal(size=inputs[0].shape), jnp.float32)
     settings = AttentionSettings(pattern=pattern, impl=impl, window=6)
     grads = _attention_fn(settings, True)(*inputs, projection)
-    ref_grads = _attention_fn(dataclasses.replace(settings, impl="dense"), True)(*inputs, projection)
+    ref_grads = _attention_fn(dataclasses.replace(settings, impl="reference"), True)(*inputs, projection)
     for name, grad, ref in zip(["q", "k", "v", "pos_key", "pos_query"], grads, ref_grads):
         error = float(jnp.max(jnp.abs(grad - ref)) / jnp.max(jnp.abs(ref)))
         assert error <= 1e-4, f"{pattern}/{impl}: d/d{name} relative error {error:.3g}"
@@ -98,12 +98,12 @@ def test_banded_gradients_match_dense(pattern, impl):
 
 def test_full_pattern_is_dense_whatever_the_impl():
     inputs = _attention_inputs(12, [12, 7], seed=3)
-    ref = _attention_fn(AttentionSettings(pattern="full", impl="dense"), False)(*inputs)
+    ref = _attention_fn(AttentionSettings(pattern="full", impl="reference"), False)(*inputs)
     out = _attention_fn(AttentionSettings(pattern="full", impl="xla"), False)(*inputs)
     np.testing.assert_array_equal(out, ref)
 
 
-@pytest.mark.parametrize("impl", ["dense", "xla"])
+@pytest.mark.parametrize("impl", ["reference", "xla"])
 def test_logn_scales_exactly_the_cls_row(impl):
     q, k, v, _, _, mask = _attention_inputs(20, [20, 9], seed=5)
 
@@ -126,7 +126,7 @@ def test_logn_scales_exactly_the_cls_row(impl):
 def test_window_covering_the_sequence_equals_full_attention():
     inputs = _attention_inputs(16, [16, 10], seed=9)
     mask = np.asarray(inputs[-1])
-    full = _attention_fn(AttentionSettings(pattern="full", impl="dense"), False)(*inputs)
+    full = _attention_fn(AttentionSettings(pattern="full", impl="reference"), False)(*inputs)
     for pattern in ["arrow", "sliding"]:
         out = _attention_fn(AttentionSettings(pattern=pattern, impl="xla", window=16, logn=False), False)(*inputs)
         for b in range(2):
@@ -174,7 +174,7 @@ def test_encoder_arrow_matches_dense_with_gradients(impl):
     mask = jnp.asarray(np.arange(40)[None, :] < np.asarray(lengths)[:, None], jnp.int32)
     projection = jnp.asarray(rng.normal(size=(2, 40, SMALL.hidden_size)), jnp.float32)
     (_, out), grads = _encoder_grad_fn(dataclasses.replace(SMALL, attention_impl=impl))(params, ids, mask, projection)
-    (_, ref), ref_grads = _encoder_grad_fn(dataclasses.replace(SMALL, attention_impl="dense"))(params, ids, mask, projection)
+    (_, ref), ref_grads = _encoder_grad_fn(dataclasses.replace(SMALL, attention_impl="reference"))(params, ids, mask, projection)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
     flat, flat_ref = jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)
     for (path, grad), ref_grad in zip(flat, flat_ref):

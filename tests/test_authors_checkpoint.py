@@ -27,7 +27,7 @@ HF_GEOMETRY = dict(  # a tiny DeBERTa-v3 shape, as a Hugging Face config.json wo
 ENCODER = EncoderConfig.from_hf_config(HF_GEOMETRY)
 # What the loader must return for it: the authors' attention settings.
 AUTHORS_ENCODER = dataclasses.replace(ENCODER, attention="arrow", window=128, logn=True, logn_length="padded")
-HEAD = SpanHeadConfig(num_types=4, window=4, biaffine_dim=12, channels=8, num_blocks=2)
+HEAD = SpanHeadConfig(num_types=4, max_span_words=5, biaffine_dim=12, channels=8, num_blocks=2)
 LOGITS = jax.jit(band_logits, static_argnums=0)
 
 
@@ -142,7 +142,7 @@ def ours():
 def _load(checkpoint, **kwargs):
     from sener_jax.authors_checkpoint import load_authors_checkpoint
 
-    return load_authors_checkpoint(checkpoint, ENCODER, HEAD.num_types, head_window=HEAD.window, **kwargs)
+    return load_authors_checkpoint(checkpoint, ENCODER, HEAD.num_types, head_window=HEAD.band_half_width, **kwargs)
 
 
 def _assert_same_tree(a, b):
@@ -222,7 +222,7 @@ def test_missing_extra_and_misshaped_keys_fail_naming_the_key(ours):
     with pytest.raises(ValueError, match="down_fc.weight has 4 rows"):
         from sener_jax.authors_checkpoint import load_authors_checkpoint
 
-        load_authors_checkpoint(state, ENCODER, "scholar-xl", head_window=HEAD.window)
+        load_authors_checkpoint(state, ENCODER, "scholar-xl", head_window=HEAD.band_half_width)
     # transformers' position_ids buffer (persistent in older versions) is consumed silently.
     position_ids = {"module.base_model.model.pretrain_model.embeddings.position_ids": np.arange(512)[None]}
     _assert_same_tree(_load({**state, **position_ids})[1], _load(state)[1])
@@ -257,7 +257,7 @@ def test_cli_export_loads_with_extractor_and_extracts(ours, tmp_path):
     assert main(["--authors", str(checkpoint), "--encoder", str(encoder_dir), "--labels", "scirex", str(out)]) == 0
     extractor = Extractor.load(out)
     assert extractor.labels == ["Method", "Task", "Material", "Metric"]
-    assert extractor.model_config.encoder.logn_length == "padded" and extractor.model_config.head.window == 128
+    assert extractor.model_config.encoder.logn_length == "padded" and extractor.model_config.head.max_span_words == 129
     text = "We evaluate the model on a dataset with accuracy ."
     entities = extractor.extract(text)
     assert isinstance(entities, list)

@@ -19,7 +19,7 @@ def test_dataset_configs_carry_the_paper_recipe(module, lr_lora, max_tokens):
     assert (c.model.encoder.lora_rank, c.model.encoder.lora_alpha) == (8, 16.0)
     assert c.model.encoder.hidden_size == 1024 and c.model.encoder.num_hidden_layers == 24
     assert c.model.encoder.attention == "arrow" and c.model.encoder.window == 128
-    assert c.model.head.window == 128 and c.data.max_tokens == max_tokens
+    assert c.model.head.max_span_words == 129 and c.data.max_tokens == max_tokens
     assert c.model.pretrained == "microsoft/deberta-v3-large"
     tiny = module.get_config("tiny")
     assert tiny.model.encoder.hidden_size < 256 and tiny.train.max_steps <= 5 and tiny.model.pretrained == ""

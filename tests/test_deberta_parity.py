@@ -54,7 +54,7 @@ def test_hidden_states_match_hugging_face(name, tmp_path):
 # compiles fastest (arrow is covered by test_arrow_attention and the dropout test below).
 TINY = EncoderConfig(
     vocab_size=61, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=30,
-    position_buckets=8, max_relative_positions=16, attention="full", attention_impl="dense", window=3,
+    position_buckets=8, max_relative_positions=16, attention="full", attention_impl="reference", window=3,
     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )
 IDS, MASK = (jnp.asarray(a, jnp.int32) for a in token_batch([14, 9], 14, seed=3, vocab=61))

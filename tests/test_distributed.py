@@ -29,7 +29,7 @@ def tiny_config():
 
     config = get_config("tiny")
     config.model.encoder.update(dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, window=8))
-    config.model.head.update(dict(window=8, biaffine_dim=8, channels=4, num_blocks=0, row_chunk=64))
+    config.model.head.update(dict(max_span_words=9, biaffine_dim=8, channels=4, num_blocks=0, row_chunk=64))
     config.data.synthetic = dict(enabled=True, preset="tiny", seed=0, n_train=8, n_dev=2, n_test=2)
     config.data.max_tokens = 64
     config.data.overlap_words = 8

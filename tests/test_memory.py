@@ -21,7 +21,7 @@ def tiny_config(finetune="lora", num_blocks=0):
     config = make_tiny(get_base_config())
     config.model.encoder.update(dict(vocab_size=64, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                      intermediate_size=64, window=8))
-    config.model.head.update(dict(num_blocks=num_blocks, window=8, row_chunk=64))
+    config.model.head.update(dict(num_blocks=num_blocks, max_span_words=9, row_chunk=64))
     config.train.finetune = finetune
     return config
 
@@ -55,7 +55,7 @@ def test_compiled_prediction_is_the_per_device_memory_of_the_sharded_step(report
     state, frozen, optimizer = train_step.abstract_train_state(config, model_config)
     mesh = train_step.make_mesh()
     assert mesh.devices.size == 8
-    global_batch = train_step.abstract_batch(8 * batch, n, predicted.n_words, model_config.head.window, NUM_TYPES)
+    global_batch = train_step.abstract_batch(8 * batch, n, predicted.n_words, model_config.head.band_half_width, NUM_TYPES)
     per_device = train_step.compiled_memory(model_config, optimizer, state, frozen, global_batch, mesh)["peak"]
     assert abs(predicted.peak / per_device - 1) <= 0.15, (predicted.describe(), per_device)
 

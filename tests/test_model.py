@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
-from sener_jax.models.sener import SenerConfig, band_logits, init_params, pool_words_dense, pool_words_segment
+from sener_jax.models.sener import SenerConfig, band_logits, init_params, pool_words_reference, pool_words_segment
 from sener_jax.models.span_head import SpanHead, SpanHeadConfig
 
 ENCODER = EncoderConfig(
@@ -13,7 +13,7 @@ ENCODER = EncoderConfig(
     position_buckets=8, max_relative_positions=16, attention="arrow", window=4, lora_rank=2,
     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )
-HEAD = SpanHeadConfig(num_types=2, window=3, biaffine_dim=4, channels=4, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0)
+HEAD = SpanHeadConfig(num_types=2, max_span_words=4, biaffine_dim=4, channels=4, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0)
 
 
 def random_word_index(rng, batch, n_tokens, n_words):
@@ -35,7 +35,7 @@ def test_segment_pooling_matches_dense_reference(batch, n_tokens, n_words, dim):
     word_index = jnp.asarray(random_word_index(rng, batch, n_tokens, n_words))
     states = jnp.asarray(rng.normal(size=(batch, n_tokens, dim)), jnp.float32)
     fast = pool_words_segment(states, word_index, n_words)
-    ref = pool_words_dense(states, word_index, n_words)
+    ref = pool_words_reference(states, word_index, n_words)
     np.testing.assert_allclose(fast, ref, atol=1e-6)
     # A word with no token is a zero vector; a word's vector is the max of its tokens.
     for b in range(batch):
@@ -44,7 +44,7 @@ def test_segment_pooling_matches_dense_reference(batch, n_tokens, n_words, dim):
             expected = members.max(axis=0) if len(members) else np.zeros(dim)
             np.testing.assert_allclose(fast[b, w], expected, atol=1e-6)
     grad_fast = jax.grad(lambda s: jnp.sum(jnp.sin(pool_words_segment(s, word_index, n_words))))(states)
-    grad_ref = jax.grad(lambda s: jnp.sum(jnp.sin(pool_words_dense(s, word_index, n_words))))(states)
+    grad_ref = jax.grad(lambda s: jnp.sum(jnp.sin(pool_words_reference(s, word_index, n_words))))(states)
     np.testing.assert_allclose(grad_fast, grad_ref, atol=1e-6)
 
 
@@ -70,7 +70,7 @@ def test_band_logits_shapes_lora_paths_and_pooling_impls():
     inputs = _inputs(np.random.default_rng(0))
     fn = jax.jit(band_logits, static_argnums=0)
     logits = fn(config, params, *inputs)
-    assert logits.shape == (2, 10, 2 * HEAD.window + 1, HEAD.num_types) and logits.dtype == jnp.float32
+    assert logits.shape == (2, 10, 2 * HEAD.band_half_width + 1, HEAD.num_types) and logits.dtype == jnp.float32
     word_mask = np.asarray(inputs[3])
     assert np.all(np.asarray(logits)[1, ~word_mask[1]] < -1e3)  # padding words: invalid cells
     assert np.all(np.isfinite(np.asarray(logits)))
@@ -78,7 +78,7 @@ def test_band_logits_shapes_lora_paths_and_pooling_impls():
     @jax.jit
     def by_hand_fn(params, input_ids, attention, word_index, word_mask):
         hidden = DebertaEncoder(ENCODER).apply({"params": params["encoder"]}, input_ids, attention)
-        words = pool_words_dense(hidden, word_index, word_mask.shape[1])
+        words = pool_words_reference(hidden, word_index, word_mask.shape[1])
         return SpanHead(HEAD).apply({"params": params["head"]}, words, word_mask)
 
     by_hand = by_hand_fn(params, *inputs)

@@ -39,7 +39,7 @@ def _init(cfg, x=None, mask=None, seed=0):
 def _init_cached(key):
     channels, biaffine_dim, num_types, num_blocks, seed = key
     cfg = SpanHeadConfig(
-        num_types=num_types, channels=channels, biaffine_dim=biaffine_dim, window=1,
+        num_types=num_types, channels=channels, biaffine_dim=biaffine_dim, max_span_words=2,
         num_blocks=num_blocks, use_bispa=num_blocks > 0,
     )
     x, mask = jnp.zeros((1, 2, D_IN)), jnp.ones((1, 2), bool)
@@ -60,7 +60,7 @@ def _forward(cfg):
 def _grads(cfg):
     def loss(p, x, m, weights):
         out = SpanHead(cfg).apply({"params": p}, x, m)
-        valid = band_cell_mask(m, cfg.window)[..., None]
+        valid = band_cell_mask(m, cfg.band_half_width)[..., None]
         return jnp.sum(jnp.where(valid, out * weights, 0.0))
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
@@ -77,7 +77,7 @@ FORWARD_CASES = [
 def _forward_config(window, num_blocks, alignment, use_bispa, row_chunk):
     return SpanHeadConfig(
         num_types=3,
-        window=window,
+        max_span_words=window + 1,
         channels=8,
         num_blocks=num_blocks,
         biaffine_dim=6,
@@ -88,12 +88,12 @@ def _forward_config(window, num_blocks, alignment, use_bispa, row_chunk):
 
 
 @pytest.mark.parametrize("batch,length,window,num_blocks,alignment,use_bispa,row_chunk", FORWARD_CASES)
-def test_band_forward_equals_dense(batch, length, window, num_blocks, alignment, use_bispa, row_chunk):
+def test_band_forward_equals_reference(batch, length, window, num_blocks, alignment, use_bispa, row_chunk):
     cfg = _forward_config(window, num_blocks, alignment, use_bispa, row_chunk)
     x, mask = _inputs(batch, length, seed=length + window)
     params = _init(cfg, x, mask, seed=length)
     band = _forward(cfg)(params, x, mask)
-    dense = _forward(dataclasses.replace(cfg, impl="dense"))(params, x, mask)
+    dense = _forward(dataclasses.replace(cfg, impl="reference"))(params, x, mask)
     k = 2 * window + 1
     assert band.shape == dense.shape == (batch, length, k, 3)
     valid = np.asarray(band_cell_mask(mask, window))
@@ -115,16 +115,16 @@ def _relative_error(a, b):
     "length,window,alignment,use_bispa",
     [(23, 3, "original", True), (12, 128, "plus", True)],
 )
-def test_band_gradients_equal_dense(length, window, alignment, use_bispa):
+def test_band_gradients_equal_reference(length, window, alignment, use_bispa):
     cfg = SpanHeadConfig(
-        num_types=2, window=window, channels=8, biaffine_dim=6, num_blocks=1, bispa_alignment=alignment,
+        num_types=2, max_span_words=window + 1, channels=8, biaffine_dim=6, num_blocks=1, bispa_alignment=alignment,
         use_bispa=use_bispa, row_chunk=5,
     )
     x, mask = _inputs(2, length, seed=7)
     params = _init(cfg, x, mask, seed=3)
     weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, length, 2 * window + 1, 2)), jnp.float32)
     v_band, g_band = _grads(cfg)(params, x, mask, weights)
-    v_dense, g_dense = _grads(dataclasses.replace(cfg, impl="dense"))(params, x, mask, weights)
+    v_dense, g_dense = _grads(dataclasses.replace(cfg, impl="reference"))(params, x, mask, weights)
     np.testing.assert_allclose(float(v_band), float(v_dense), rtol=1e-5)
     leaves_band, tree_band = jax.tree.flatten_with_path(g_band)
     leaves_dense, tree_dense = jax.tree.flatten(g_dense)
@@ -138,13 +138,13 @@ def test_band_gradients_equal_dense(length, window, alignment, use_bispa):
 
 def test_parameter_tree_is_the_same_for_every_impl_and_named_like_the_authors():
     x, mask = _inputs(1, 5, seed=0)
-    cfg = SpanHeadConfig(num_types=4, window=2, channels=8, biaffine_dim=10)
+    cfg = SpanHeadConfig(num_types=4, max_span_words=3, channels=8, biaffine_dim=10)
     def shapes_of(config):
         tree = jax.eval_shape(lambda: SpanHead(config).init(jax.random.PRNGKey(0), x, mask)["params"])
         return jax.tree.map(lambda leaf: leaf.shape, tree)
 
-    shapes = {impl: shapes_of(dataclasses.replace(cfg, impl=impl)) for impl in ("band", "dense")}
-    assert shapes["band"] == shapes["dense"]
+    shapes = {impl: shapes_of(dataclasses.replace(cfg, impl=impl)) for impl in ("band", "reference")}
+    assert shapes["band"] == shapes["reference"]
     s = shapes["band"]
     c = 8
     assert s["head_mlp"] == {"kernel": (D_IN, 10), "bias": (10,)}
@@ -180,7 +180,7 @@ def test_band_layout_and_biaffine_without_bispa_against_a_loop():
     t = gelu(xs @ p["tail_mlp"]["kernel"] + p["tail_mlp"]["bias"])
     h = np.concatenate([h, np.ones(h.shape[:-1] + (1,))], -1)
     t = np.concatenate([t, np.ones(t.shape[:-1] + (1,))], -1)
-    w = cfg.window
+    w = cfg.band_half_width
     for b in range(2):
         n = int(np.asarray(mask[b]).sum())
         for i in range(11):
@@ -250,7 +250,7 @@ def test_dropout_is_active_only_when_not_deterministic():
 
 
 def test_config_round_trip_and_clear_errors():
-    cfg = SpanHeadConfig(num_types=5, window=7, impl="dense", bispa_alignment="plus")
+    cfg = SpanHeadConfig(num_types=5, max_span_words=8, impl="reference", bispa_alignment="plus")
     assert SpanHeadConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.band_width == 15
     with pytest.raises(ValueError, match="impl"):
@@ -277,7 +277,7 @@ def _train_step_temp_bytes(cfg, length, d=D_IN):
 
     def loss(p, x, m):
         out = SpanHead(cfg).apply({"params": p}, x, m)
-        return jnp.sum(jnp.where(band_cell_mask(m, cfg.window)[..., None], out, 0.0))
+        return jnp.sum(jnp.where(band_cell_mask(m, cfg.band_half_width)[..., None], out, 0.0))
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x, mask).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -287,10 +287,10 @@ def test_band_head_training_memory_is_linear_in_words_and_far_below_dense():
     cfg = SpanHeadConfig(num_types=4)  # published head: w' = 128, c = 32, two blocks
     band_2k = _train_step_temp_bytes(cfg, 2048)
     band_4k = _train_step_temp_bytes(cfg, 4096)
-    dense_2k = _train_step_temp_bytes(dataclasses.replace(cfg, impl="dense"), 2048)
+    dense_2k = _train_step_temp_bytes(dataclasses.replace(cfg, impl="reference"), 2048)
     # O(L*K*c): one (L, K, c) fp32 tensor at 2,048 words is 64 MiB; the (L, K, K) maps of one
     # direction alone would be 516 MiB, so bounded chunks are what keeps this below ~50 such tensors.
-    one_band_tensor = 2048 * (2 * cfg.window + 1) * cfg.channels * 4
+    one_band_tensor = 2048 * (2 * cfg.band_half_width + 1) * cfg.channels * 4
     assert band_4k <= 2.2 * band_2k, (band_2k, band_4k)
     assert band_2k <= 50 * one_band_tensor, band_2k / one_band_tensor
     assert band_2k <= 0.05 * dense_2k, (band_2k, dense_2k)

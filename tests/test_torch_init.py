@@ -24,7 +24,7 @@ from sener_jax.models.torch_init import (
 )
 
 HIDDEN, SEEDS = 1024, 16
-CONFIG = SpanHeadConfig(num_types=12, window=4, row_chunk=8)  # SeNER's c = 32, p = 101, 2 blocks
+CONFIG = SpanHeadConfig(num_types=12, max_span_words=5, row_chunk=8)  # SeNER's c = 32, p = 101, 2 blocks
 C, P, R = CONFIG.channels, CONFIG.biaffine_dim + 1, CONFIG.num_types
 
 # leaf path (regex) -> (distribution, parameter): "uniform" with its bound, "normal" with its std,

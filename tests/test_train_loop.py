@@ -75,7 +75,7 @@ def test_export_round_trip_matches_training_evaluation(demo_run):
     params = modes.restore_best_params(run)
     in_training = predict_documents(
         make_logits_fn(run.model_config, run.mesh), params, documents, run.data.tokenizer, run.data.labels,
-        run.settings, window=run.model_config.head.window, batch_size=config.eval.batch_size,
+        run.settings, window=run.model_config.head.band_half_width, batch_size=config.eval.batch_size,
     )
     extractor = Extractor.load(workdir / "export")
     extracted = extractor.extract([d.text for d in documents], batch_size=4)

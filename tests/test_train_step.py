@@ -21,7 +21,7 @@ ENCODER = EncoderConfig(
 )
 # No BiSPA blocks: these tests are about sharding and optimisation, and compile twice as fast without
 # them (the full head runs in the end-to-end tests of the tiny configs).
-HEAD = SpanHeadConfig(num_types=2, window=3, biaffine_dim=4, channels=4, num_blocks=0, mlp_dropout=0.0, bispa_dropout=0.0)
+HEAD = SpanHeadConfig(num_types=2, max_span_words=4, biaffine_dim=4, channels=4, num_blocks=0, mlp_dropout=0.0, bispa_dropout=0.0)
 MODEL = SenerConfig(ENCODER, HEAD)
 
 
@@ -42,7 +42,7 @@ def random_batch(seed: int, rows: int = 8, real_rows: int = 6, n_tokens: int = 1
         word_index[b, 1 : 1 + lengths[b]] = np.arange(lengths[b])
         attention[b, : lengths[b] + 2] = 1
         word_mask[b, : lengths[b]] = True
-    labels = (rng.random((rows, n_words, 2 * HEAD.window + 1, HEAD.num_types)) < 0.1).astype(np.uint8)
+    labels = (rng.random((rows, n_words, 2 * HEAD.band_half_width + 1, HEAD.num_types)) < 0.1).astype(np.uint8)
     labels *= word_mask[:, :, None, None]
     return {
         "input_ids": (rng.integers(5, ENCODER.vocab_size, (rows, n_tokens)) * attention).astype(np.int32),

@@ -2,7 +2,7 @@
 
 Parameter names mirror the Hugging Face module tree (see the interfaces in the project brief):
 embeddings/{word_embeddings,LayerNorm,...}, encoder/{rel_embeddings,LayerNorm,layer_<n>/...}.
-The attention pattern ("full" | "arrow" | "sliding") and its implementation ("dense" | "xla" |
+The attention pattern ("full" | "arrow" | "sliding") and its implementation ("reference" | "xla" |
 "pallas") come from the config; the math lives in `disentangled_attention`.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sener_jax.config_compat import reference_impl
 from sener_jax.models.disentangled_attention import (
     IMPLS,
     PATTERNS,
@@ -109,6 +110,7 @@ class EncoderConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "pos_att_type", _pos_att_tuple(self.pos_att_type))
+        object.__setattr__(self, "attention_impl", reference_impl(self.attention_impl, "EncoderConfig.attention_impl"))
         if self.embedding_size == self.hidden_size:
             object.__setattr__(self, "embedding_size", None)
         checks = [

@@ -8,7 +8,7 @@ delta(i, j) = clamp(bucket(i - j) + S, 0, 2S - 1) (S = the relative-embedding sp
 (Hugging Face writes the p2c index as -bucket(j - i) + S; the log bucket is odd, so it is the
 same delta.) The c2p / p2c terms are present when "c2p" / "p2c" is in pos_att_type.
 
-"dense" builds full N x N logits (as Hugging Face does) and masks them: the reference.
+"reference" builds full N x N logits (as Hugging Face does) and masks them: the reference.
 "xla" / "pallas" evaluate "arrow" and "sliding" through `banded_attention`: inside the band the
 relative index depends only on the offset (2w + 1 distinct values), the [CLS] column and row
 need one index per token, so nothing N x N is ever built. "full" is N x N by definition and is
@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sener_jax.config_compat import REFERENCE
 from sener_jax.ops.attention_probs import dropout_probs, masked_softmax
 from sener_jax.ops.banded_attention import banded_attention
 
 PATTERNS = ("full", "arrow", "sliding")
-IMPLS = ("dense", "xla", "pallas")
+IMPLS = (REFERENCE, "xla", "pallas")
 LOGN_BASE = 512.0
 
 
@@ -235,6 +236,6 @@ def disentangled_attention(q, k, v, pos_key, pos_query, token_mask, *, geometry,
     if settings.impl not in IMPLS:
         raise ValueError(f"attention_impl must be one of {IMPLS}, got {settings.impl!r}")
     kwargs = dict(geometry=geometry, scale=scale, settings=settings, dropout_rng=dropout_rng)
-    if settings.pattern == "full" or settings.impl == "dense":
+    if settings.pattern == "full" or settings.impl == REFERENCE:
         return dense_attention(q, k, v, pos_key, pos_query, token_mask, **kwargs)
     return banded_pattern_attention(q, k, v, pos_key, pos_query, token_mask, **kwargs)

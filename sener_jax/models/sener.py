@@ -13,19 +13,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sener_jax.config_compat import REFERENCE, reference_impl
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.span_head import SpanHead, SpanHeadConfig
 
-POOL_IMPLS = ("segment", "dense")
+POOL_IMPLS = ("segment", REFERENCE)
 
 
 @dataclasses.dataclass(frozen=True)
 class SenerConfig:
     encoder: EncoderConfig
     head: SpanHeadConfig
-    pool_impl: str = "segment"  # "segment" (scatter-max) | "dense" (the (B, L, N) reference)
+    pool_impl: str = "segment"  # "segment" (scatter-max) | "reference" (the (B, L, N) twin)
 
     def __post_init__(self):
+        object.__setattr__(self, "pool_impl", reference_impl(self.pool_impl, "SenerConfig.pool_impl"))
         if self.pool_impl not in POOL_IMPLS:
             raise ValueError(f"SenerConfig.pool_impl={self.pool_impl!r}: expected one of {POOL_IMPLS}")
 
@@ -66,7 +68,7 @@ def pool_words_segment(token_states: jax.Array, word_index: jax.Array, num_words
     return jnp.where(has_token[..., None] > 0, pooled, jnp.zeros((), pooled.dtype))
 
 
-def pool_words_dense(token_states: jax.Array, word_index: jax.Array, num_words: int) -> jax.Array:
+def pool_words_reference(token_states: jax.Array, word_index: jax.Array, num_words: int) -> jax.Array:
     """Reference: a (B, L, N) membership mask and a masked max over all tokens."""
     member = word_index[:, None, :] == jnp.arange(num_words)[None, :, None]  # (B, L, N)
     neg = jnp.finfo(token_states.dtype).min
@@ -76,7 +78,7 @@ def pool_words_dense(token_states: jax.Array, word_index: jax.Array, num_words: 
 
 
 def pool_words(config: SenerConfig, token_states, word_index, num_words: int):
-    impl = pool_words_segment if config.pool_impl == "segment" else pool_words_dense
+    impl = pool_words_segment if config.pool_impl == "segment" else pool_words_reference
     return impl(token_states, word_index, num_words)
 
 

@@ -10,7 +10,7 @@ Two implementations with the same parameter tree (`SpanHeadConfig.impl`):
 - "band" (default): everything is computed directly on the (L, K) band; the per-row attention
   maps (K x K per row, ~1 GB per block and direction at L = 4096 in fp32) are only ever built for
   `row_chunk` rows at a time, inside `jax.checkpoint`, so forward + backward memory is O(L*K*c).
-- "dense": the plain reference. Builds S (L, L, c) literally and does every step in (i, j)
+- "reference": the plain twin. Builds S (L, L, c) literally and does every step in (i, j)
   coordinates with masks (row attention over j, column attention over i, the sheared 3x3
   neighbourhood of the band convolution written in (i, j)), then reads the band out.
   O(L^2 c) memory and O(L^3 c) time: for tests and benchmarks only.
@@ -37,6 +37,7 @@ from sener_jax.models.torch_init import (
     torch_xavier_normal_init,
 )
 from sener_jax.band_layout import band_cell_mask, band_from_dense, dense_cell_mask, gather_band, transpose_band
+from sener_jax.config_compat import REFERENCE, head_fields, reference_impl
 from sener_jax.ops.attention_probs import masked_softmax
 
 # Logit written into invalid band cells: sigmoid gives exactly 0, and it is finite in bf16/fp32.
@@ -44,7 +45,7 @@ INVALID_LOGIT = -1e9
 # LayerNorm epsilon inside BiSPA blocks (PyTorch default).
 BISPA_LN_EPS = 1e-5
 
-_IMPLS = ("band", "dense")
+_IMPLS = ("band", REFERENCE)
 _ALIGNMENTS = ("original", "plus")
 
 
@@ -53,11 +54,11 @@ class SpanHeadConfig:
     """Span head hyper-parameters. `num_types` (R) is required; everything else has SeNER's default."""
 
     num_types: int
-    window: int = 128  # w': spans with |j - i| <= w' are scored
+    max_span_words: int = 129  # longest span scored, in words: |j - i| <= w' = max_span_words - 1
     biaffine_dim: int = 100
     channels: int = 32  # c
     num_blocks: int = 2
-    impl: str = "band"  # "band" | "dense" (reference)
+    impl: str = "band"  # "band" | "reference" (the literal (L, L) twin)
     bispa_alignment: str = "original"  # "original" | "plus" (SPEC §4.4)
     use_bispa: bool = True  # False: the paper's "w/o BiSPA" ablation
     mlp_dropout: float = 0.4
@@ -73,7 +74,8 @@ class SpanHeadConfig:
                 )
 
         check(isinstance(self.num_types, int) and self.num_types >= 1, "num_types", "an int >= 1")
-        check(isinstance(self.window, int) and self.window >= 0, "window", "an int >= 0")
+        object.__setattr__(self, "impl", reference_impl(self.impl, "SpanHeadConfig.impl"))
+        check(isinstance(self.max_span_words, int) and self.max_span_words >= 1, "max_span_words", "an int >= 1")
         check(isinstance(self.biaffine_dim, int) and self.biaffine_dim >= 1, "biaffine_dim", "an int >= 1")
         check(
             isinstance(self.channels, int) and self.channels >= 2 and self.channels % 2 == 0,
@@ -90,15 +92,21 @@ class SpanHeadConfig:
         check(isinstance(self.remat_blocks, bool), "remat_blocks", "a bool")
 
     @property
+    def band_half_width(self) -> int:
+        """w': the band holds cells (i, j) with |j - i| <= w'."""
+        return self.max_span_words - 1
+
+    @property
     def band_width(self) -> int:
         """K = 2w' + 1."""
-        return 2 * self.window + 1
+        return 2 * self.band_half_width + 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SpanHeadConfig":
+        d = head_fields(d)  # old exports/configs: `window` -> max_span_words
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -307,7 +315,7 @@ class BiSPABlock(nn.Module):
     @nn.compact
     def __call__(self, x, valid, deterministic: bool):
         cfg = self.config
-        c, w = cfg.channels, cfg.window
+        c, w = cfg.channels, cfg.band_half_width
         # The authors' CrossTransformer re-initialises nn.Embedding(2, c) with xavier_normal_ (gain 1).
         pos_embed = nn.Embed(2, c, embedding_init=torch_xavier_normal_init(), name="pos_embed")
         h_kernel, h_bias = _DenseParams(c, 3 * c, name="h_qkv")()
@@ -371,7 +379,7 @@ class SpanHead(nn.Module):
     @nn.compact
     def __call__(self, word_states, word_mask, deterministic: bool = True):
         cfg = self.config
-        c, w, p = cfg.channels, cfg.window, cfg.biaffine_dim + 1
+        c, w, p = cfg.channels, cfg.band_half_width, cfg.biaffine_dim + 1
         if word_states.ndim != 3 or word_mask.shape != word_states.shape[:2]:
             raise ValueError(
                 f"SpanHead: expected word_states (B, L, d) and word_mask (B, L); "
@@ -412,6 +420,6 @@ class SpanHead(nn.Module):
         if blocks:
             scores = scores + x  # outer residual to the biaffine scores
         logits = down_fc(scores)
-        if cfg.impl == "dense":
+        if cfg.impl == REFERENCE:
             logits, valid = band_from_dense(logits, w), band_cell_mask(word_mask, w)
         return jnp.where(valid[..., None], logits, INVALID_LOGIT)
