@@ -650,18 +650,9 @@ def run_mode(mode: str, config, workdir) -> None:
     elif mode == "export":
         print(export_checkpoint(config, workdir))
     elif mode == "predict":
-        from sener_jax.predict import predict_file
+        from sener_jax.predict import run_predict_mode
 
-        export_dir = config.predict.export_dir or str(pathlib.Path(workdir) / "export")
-        output = config.predict.output or str(pathlib.Path(workdir) / "predictions.jsonl")
-        written = predict_file(export_dir, config.predict.input, output, batch_size=config.predict.batch_size)
-        print(f"wrote {written} predictions to {output}")
-        # Beside the JSON lines, a page to read the entities in their text (sener_jax.render).
-        from sener_jax.render import write_predictions_report
-
-        labels = json.loads((pathlib.Path(export_dir) / "model.json").read_text()).get("labels")
-        report = write_predictions_report(config.predict.input, output, pathlib.Path(output).with_suffix(".html"), labels=labels)
-        print(f"wrote an HTML report to {report}")
+        run_predict_mode(config, workdir)  # predictions + HTML report, paths and checks in predict.py
     elif mode == "stats":
         from sener_jax.data.coverage import report
 
