@@ -227,6 +227,8 @@ def load_export_labels(export_dir: str | os.PathLike) -> list[str]:
 def export_digest(export_dir: str | os.PathLike) -> str:
     """The export's identity (sha256 of its MANIFEST.json, hence of every file's sha256)."""
     export_dir = pathlib.Path(export_dir).resolve()
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"{export_dir}: no such export directory")
     if read_manifest(export_dir) is None:
         verify_manifest(export_dir)  # raises, saying what is wrong (no export, incomplete export)
     return manifest_digest(export_dir)
