@@ -153,6 +153,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.predict.input = ""  # JSON lines with "text" (and optional "id")
     config.predict.output = ""  # default: WORKDIR/predictions.jsonl
     config.predict.batch_size = 8
+    # Start an existing predictions file over (another input or export); never touches a file
+    # that is not a predictions file of ours.
+    config.predict.overwrite = False
     return config
 
 

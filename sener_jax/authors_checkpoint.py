@@ -53,11 +53,12 @@ from sener_jax.convert import (
     read_safetensors,
 )
 from sener_jax.data import load_tokenizer
-from sener_jax.export import InferenceSettings, export_model
+from sener_jax.export import MANIFEST_KIND as EXPORT_KIND, InferenceSettings, export_model
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.lora import merge_lora
 from sener_jax.models.sener import SenerConfig, init_params
 from sener_jax.models.span_head import SpanHeadConfig, rope_table
+from sener_jax.output_dir import check_target
 
 # Wrappers whose prefixes the authors' keys may carry, outermost first (DeepSpeed, then peft).
 WRAPPER_PREFIXES = ("module.", "base_model.model.")
@@ -433,8 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"dataset name ({', '.join(sorted(AUTHORS_LABELS))}), comma-separated label names in row order, or a count",
     )
     parser.add_argument("--tokenizer", default=None, help="tokenizer name or directory (default: --encoder)")
-    parser.add_argument("out_dir", help="export directory to write (replaced if it exists)")
+    parser.add_argument("out_dir", help="export directory to write: new or empty (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds a sener_jax export")
     args = parser.parse_args(argv)
+    check_target(args.out_dir, kind=EXPORT_KIND, overwrite=args.overwrite)  # before the slow conversion
     config, params = load_authors_checkpoint(args.authors, args.encoder, _labels_argument(args.labels))
     labels = resolve_labels(_labels_argument(args.labels), config.head.num_types)
     tokenizer = load_tokenizer(args.tokenizer or args.encoder)
@@ -443,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"tokenizer has {tokenizer.vocab_size} ids but the encoder's vocab_size is {config.encoder.vocab_size}"
         )
     # The authors cut documents at 5120 tokens and decode at threshold 0.5: InferenceSettings' defaults.
-    out = export_model(args.out_dir, config, params, tokenizer, labels, InferenceSettings())
+    out = export_model(args.out_dir, config, params, tokenizer, labels, InferenceSettings(), overwrite=args.overwrite)
     count = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     print(f"wrote {out} ({count:,} parameters, {len(labels)} labels: {', '.join(labels)})")
     return 0

@@ -3,8 +3,9 @@ Orbax export of converted params with a matching loader.
 
     python -m sener_jax.convert HF_DIR_OR_HUB_NAME OUT_DIR
 
-writes OUT_DIR/encoder_config.json and OUT_DIR/params (Orbax); `load_encoder(OUT_DIR)` reads
-them back.
+writes OUT_DIR/encoder_config.json, OUT_DIR/params (Orbax) and OUT_DIR/MANIFEST.json;
+`load_encoder(OUT_DIR)` reads them back. OUT_DIR must be new or empty; `--overwrite` replaces an
+encoder converted earlier (never another directory).
 
 The SeNER authors' released checkpoints have their own loader and command,
 `python -m sener_jax.authors_checkpoint` (it builds on this module; this module never imports it).
@@ -25,11 +26,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from sener_jax.manifest import write_manifest
 from sener_jax.models.deberta import EncoderConfig, init_encoder_params
 from sener_jax.models.lora import is_lora_path
+from sener_jax.output_dir import check_target, staged_directory
 
 CONFIG_FILE = "encoder_config.json"
 PARAMS_DIR = "params"
+MANIFEST_KIND = "encoder"  # the kind in MANIFEST.json: what `--overwrite` may replace
 ENCODER_PREFIX = "deberta."
 # Buffers, not parameters, that some checkpoints carry.
 IGNORED_BUFFERS = ("embeddings.position_ids",)
@@ -231,16 +235,19 @@ def load_hf_deberta(path: str | pathlib.Path, **config_overrides) -> tuple[Encod
     return config, hf_state_to_params(read_hf_state_dict(model_dir), config, source=str(model_dir))
 
 
-def save_encoder(out_dir: str | pathlib.Path, config: EncoderConfig, params: Mapping) -> pathlib.Path:
-    """Write OUT_DIR/encoder_config.json and OUT_DIR/params (an Orbax checkpoint)."""
-    out_dir = pathlib.Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / PARAMS_DIR).exists():
-        raise FileExistsError(f"{out_dir / PARAMS_DIR} already exists; choose an empty output directory")
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out_dir / PARAMS_DIR, jax.tree.map(np.asarray, dict(params)))
-    checkpointer.wait_until_finished()
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+def save_encoder(out_dir: str | pathlib.Path, config: EncoderConfig, params: Mapping, *, overwrite: bool = False) -> pathlib.Path:
+    """Write OUT_DIR/encoder_config.json, OUT_DIR/params (an Orbax checkpoint) and OUT_DIR/MANIFEST.json.
+
+    Written beside OUT_DIR and renamed into place (`sener_jax.output_dir`): an existing converted
+    encoder is replaced only with `overwrite`, any other non-empty directory is refused.
+    """
+    out_dir = pathlib.Path(out_dir).absolute()
+    with staged_directory(out_dir, kind=MANIFEST_KIND, overwrite=overwrite) as staging:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / PARAMS_DIR, jax.tree.map(np.asarray, dict(params)))
+        checkpointer.wait_until_finished()
+        (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_manifest(staging, kind=MANIFEST_KIND)  # last: the commit marker
     return out_dir
 
 
@@ -308,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="Hugging Face model directory or hub name (e.g. microsoft/deberta-v3-large)")
-    parser.add_argument("out_dir", help="output directory (encoder_config.json + Orbax params)")
+    parser.add_argument("out_dir", help="output directory (encoder_config.json + Orbax params); must be new or empty")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds an encoder converted earlier")
     args = parser.parse_args(argv)
+    check_target(args.out_dir, kind=MANIFEST_KIND, overwrite=args.overwrite)  # before the slow conversion
     config, params = load_hf_deberta(args.source)
-    out = save_encoder(args.out_dir, config, params)
+    out = save_encoder(args.out_dir, config, params, overwrite=args.overwrite)
     count = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     print(f"wrote {out} ({count:,} parameters, {config.num_hidden_layers} layers, hidden {config.hidden_size})")
     return 0

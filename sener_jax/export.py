@@ -5,6 +5,8 @@ Layout of `export_dir`:
     model.json         {"format_version", "model": SenerConfig.to_dict(), "labels": [...],
                         "inference": InferenceSettings as a dict}
     tokenizer/         the tokenizer's own files (reload with sener_jax.data.load_tokenizer)
+    MANIFEST.json      size + sha256 of every file above, written last (sener_jax.manifest): the
+                       commit marker, checked by `load_export`; its own sha256 identifies the export
 
 `InferenceSettings` lives here because it is part of this format (model.json stores it);
 `sener_jax.predict` builds on this module, never the other way. `load_export` is the one reader
@@ -16,18 +18,21 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from sener_jax.data import length_buckets, load_tokenizer
+from sener_jax.manifest import manifest_digest, read_manifest, verify_manifest, write_manifest
 from sener_jax.models.lora import merge_lora
-from sener_jax.models.sener import SenerConfig
+from sener_jax.models.sener import SenerConfig, init_params
+from sener_jax.output_dir import staged_directory
 
 FORMAT_VERSION = 1
+MANIFEST_KIND = "export"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +60,7 @@ class ExportedModel:
     tokenizer: Any
     labels: list[str]
     settings: InferenceSettings
+    digest: str = ""  # sha256 of MANIFEST.json: which export produced a prediction file
 
 
 def merged_model(model_config: SenerConfig, params: dict) -> tuple[SenerConfig, dict]:
@@ -72,45 +78,109 @@ def export_model(
     tokenizer,
     labels: Sequence[str],
     settings: InferenceSettings,
+    *,
+    overwrite: bool = True,
 ) -> pathlib.Path:
-    """Writes the export directory (replacing an existing one) and returns its path."""
-    export_dir = pathlib.Path(export_dir).resolve()
-    staging = export_dir.with_name(export_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Writes the export directory and returns its path.
+
+    An existing export is replaced (atomically) only with `overwrite` (default True: the training
+    run re-exports WORKDIR/export; the command lines default to False); a non-empty directory that
+    is not an export is always refused (`sener_jax.output_dir`).
+    """
+    export_dir = pathlib.Path(export_dir).absolute()
+    labels = list(labels)
+    if len(labels) != model_config.head.num_types:
+        raise ValueError(f"export_model: {len(labels)} labels for a head with num_types={model_config.head.num_types}")
     config, merged = merged_model(model_config, params)
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), merged)
-    # Only the calling process writes the export (process 0 of a multi-host run): without this,
-    # Orbax would wait at a barrier for the other processes, which never call it.
-    this_process = ocp.options.MultiprocessingOptions(
-        primary_host=jax.process_index(), active_processes={jax.process_index()}
-    )
-    checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process)
-    checkpointer.save(staging / "params", host_params)
-    checkpointer.wait_until_finished()
-    tokenizer.save(staging / "tokenizer")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "model": config.to_dict(),
-        "labels": list(labels),
-        "inference": dataclasses.asdict(settings),
-    }
-    (staging / "model.json").write_text(json.dumps(meta, indent=2, default=list))
-    # Swap in the complete directory only at the end: a killed export never leaves half a model.
-    shutil.rmtree(export_dir, ignore_errors=True)
-    staging.rename(export_dir)
+    with staged_directory(export_dir, kind=MANIFEST_KIND, overwrite=overwrite) as staging:
+        # Only the calling process writes the export (process 0 of a multi-host run): without this,
+        # Orbax would wait at a barrier for the other processes, which never call it.
+        this_process = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        checkpointer = ocp.StandardCheckpointer(multiprocessing_options=this_process)
+        checkpointer.save(staging / "params", host_params)
+        checkpointer.wait_until_finished()
+        tokenizer.save(staging / "tokenizer")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "labels": labels,
+            "inference": dataclasses.asdict(settings),
+        }
+        (staging / "model.json").write_text(json.dumps(meta, indent=2, default=list))
+        write_manifest(staging, kind=MANIFEST_KIND)  # last: the commit marker
     return export_dir
 
 
+def _settings_from(meta_path: pathlib.Path, values) -> InferenceSettings:
+    """InferenceSettings of model.json's "inference", every field checked (name and range)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{meta_path}: field 'inference' must be an object, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(InferenceSettings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{meta_path}: inference: unknown field(s) {unknown}; known: {sorted(known)}")
+    rules = {
+        "max_tokens": (lambda v: _is_int(v) and v >= 3, "an int >= 3"),
+        "overlap_words": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+        "threshold": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
+        "token_bucket_base": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+        "word_bucket_base": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    }
+    for name, value in values.items():
+        ok, wanted = rules[name]
+        if not ok(value):
+            raise ValueError(f"{meta_path}: inference.{name} = {value!r}, expected {wanted}")
+    settings = InferenceSettings(**values)
+    if settings.overlap_words >= settings.max_tokens:
+        raise ValueError(f"{meta_path}: inference.overlap_words ({settings.overlap_words}) must be < inference.max_tokens")
+    return settings
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_param_shapes(params_dir: pathlib.Path, meta_path: pathlib.Path, model_config: SenerConfig, params) -> None:
+    """The restored arrays have the shapes model.json's config implies (a hand-edited config, or
+    params of another model, fail here naming the first differing array instead of in extract)."""
+    expected = traverse_util.flatten_dict(jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0))))
+    found = traverse_util.flatten_dict(params)
+    for path in sorted(set(expected) | set(found)):
+        name = "/".join(map(str, path))
+        if path not in found:
+            raise ValueError(f"{params_dir}: array {name} is missing for the model in {meta_path}")
+        if path not in expected:
+            raise ValueError(f"{params_dir}: array {name} is not part of the model in {meta_path}")
+        if tuple(np.shape(found[path])) != tuple(expected[path].shape):
+            raise ValueError(
+                f"{params_dir}: array {name} has shape {tuple(np.shape(found[path]))}, but {meta_path} "
+                f"(model.encoder / model.head) implies {tuple(expected[path].shape)}"
+            )
+
+
 def load_export(export_dir: str | os.PathLike) -> ExportedModel:
+    """Reads an export back, refusing an incomplete or corrupted one (MANIFEST.json checksums)
+    and an inconsistent model.json (every field checked), with errors naming the file and field."""
     export_dir = pathlib.Path(export_dir).resolve()
     meta_path = export_dir / "model.json"
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"{export_dir}: no such export directory")
+    verify_manifest(export_dir)
     if not meta_path.is_file():
         raise FileNotFoundError(f"{export_dir} is not a sener_jax export: {meta_path.name} is missing")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{meta_path}: not valid JSON ({error})") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{meta_path}: format_version {meta.get('format_version')!r}, this sener_jax reads {FORMAT_VERSION}"
@@ -118,15 +188,47 @@ def load_export(export_dir: str | os.PathLike) -> ExportedModel:
     for field in ("model", "labels", "inference"):
         if field not in meta:
             raise ValueError(f"{meta_path}: field {field!r} is missing")
-    model_config = SenerConfig.from_dict(meta["model"])
+    try:
+        model_config = SenerConfig.from_dict(meta["model"])
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"{meta_path}: field 'model': {type(error).__name__}: {error}") from error
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not all(isinstance(label, str) and label for label in labels):
+        raise ValueError(f"{meta_path}: field 'labels' must be a list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{meta_path}: field 'labels' names a label twice")
+    if len(labels) != model_config.head.num_types:
+        raise ValueError(
+            f"{meta_path}: field 'labels' has {len(labels)} labels but model.head.num_types is "
+            f"{model_config.head.num_types} (one label per entity type of the head)"
+        )
+    settings = _settings_from(meta_path, meta["inference"])
     try:
         params = ocp.StandardCheckpointer().restore(export_dir / "params")
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"{export_dir / 'params'}: cannot restore the parameters ({type(error).__name__}: {error})") from error
+    _check_param_shapes(export_dir / "params", meta_path, model_config, params)
     return ExportedModel(
         model_config=model_config,
         params=params,
         tokenizer=load_tokenizer(str(export_dir / "tokenizer")),
-        labels=list(meta["labels"]),
-        settings=InferenceSettings(**meta["inference"]),
+        labels=list(labels),
+        settings=settings,
+        digest=manifest_digest(export_dir),
     )
+
+
+def load_export_labels(export_dir: str | os.PathLike) -> list[str]:
+    """The labels of an export (its model.json), without loading the model."""
+    meta_path = pathlib.Path(export_dir) / "model.json"
+    return list(json.loads(meta_path.read_text()).get("labels", []))
+
+
+def export_digest(export_dir: str | os.PathLike) -> str:
+    """The export's identity (sha256 of its MANIFEST.json, hence of every file's sha256)."""
+    export_dir = pathlib.Path(export_dir).resolve()
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"{export_dir}: no such export directory")
+    if read_manifest(export_dir) is None:
+        verify_manifest(export_dir)  # raises, saying what is wrong (no export, incomplete export)
+    return manifest_digest(export_dir)

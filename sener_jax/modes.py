@@ -5,7 +5,6 @@ the model (main.py imports this module only once it knows it needs it).
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -15,8 +14,10 @@ from sener_jax.data import load_data
 from sener_jax.data.coverage import report as coverage_report
 from sener_jax.evaluate import evaluate_and_write
 from sener_jax.export import export_model
+from sener_jax.export import load_export_labels
 from sener_jax.predict import make_logits_fn, predict_file
-from sener_jax.render import write_predictions_report
+from sener_jax.render import report_path_for, write_predictions_report
+
 from sener_jax.run_setup import RunSetup, prepare_run, restore_best_trainable
 from sener_jax.train import train_and_evaluate
 from sener_jax.train_step import initial_params, replicate
@@ -47,15 +48,22 @@ def export_checkpoint(config, workdir) -> pathlib.Path:
     return export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels, run.settings)
 
 
-def predict_mode(config, workdir) -> None:
-    export_dir = config.predict.export_dir or str(pathlib.Path(workdir) / "export")
-    output = config.predict.output or str(pathlib.Path(workdir) / "predictions.jsonl")
-    written = predict_file(export_dir, config.predict.input, output, batch_size=config.predict.batch_size)
+def predict_mode(config, workdir) -> tuple[int, pathlib.Path, pathlib.Path]:
+    """Predictions (JSON lines, header naming input and export) and an HTML report beside them.
+
+    Every check (paths, batch size, resume) runs before the first prediction. Returns
+    (records written, predictions path, report path).
+    """
+    predict = config.predict
+    export_dir = predict.export_dir or str(pathlib.Path(workdir) / "export")
+    output = pathlib.Path(predict.output or pathlib.Path(workdir) / "predictions.jsonl")
+    report = report_path_for(output)
+    written = predict_file(export_dir, predict.input, output, batch_size=predict.batch_size,
+                           overwrite=bool(predict.get("overwrite", False)), report_path=report)
     print(f"wrote {written} predictions to {output}")
-    # Beside the JSON lines, a page to read the entities in their text (sener_jax.render).
-    labels = json.loads((pathlib.Path(export_dir) / "model.json").read_text()).get("labels")
-    report = write_predictions_report(config.predict.input, output, pathlib.Path(output).with_suffix(".html"), labels=labels)
+    write_predictions_report(predict.input, output, report, labels=load_export_labels(export_dir))
     print(f"wrote an HTML report to {report}")
+    return written, output, report
 
 
 def stats_mode(config, workdir) -> None:

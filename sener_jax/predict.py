@@ -6,6 +6,7 @@ band logits -> decode -> merge), used both by the dev/test evaluation in `train.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import pathlib
@@ -26,9 +27,19 @@ from sener_jax.data import (
 )
 from sener_jax.decode import decode_spans
 # InferenceSettings is defined with the export format; `sener_jax.predict.InferenceSettings` stays the same class.
-from sener_jax.export import InferenceSettings, load_export
+from sener_jax.export import InferenceSettings, export_digest, load_export, load_export_labels
 from sener_jax.models.sener import SenerConfig, band_logits
-from sener_jax.prediction_io import done_ids, read_inputs, write_predictions
+from sener_jax.prediction_io import (
+    PredictionFileError,
+    iter_inputs,
+    iter_predictions,
+    make_header,
+    prepare_output,
+    scan_inputs,
+    text_error,
+    write_predictions,
+)
+from sener_jax.render import check_report_path, report_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +105,9 @@ class Extractor:
         extractor.extract("Alice works at ACME.")  # [{"start", "end", "label", "text", "score"}, ...]
     """
 
-    def __init__(self, model_config: SenerConfig, params, tokenizer, labels: Sequence[str], settings: InferenceSettings):
+    def __init__(self, model_config: SenerConfig, params, tokenizer, labels: Sequence[str], settings: InferenceSettings,
+                 digest: str = ""):
+        self.digest = digest  # the export's manifest sha256 (empty when not loaded from an export)
         self.model_config = model_config
         self.params = params
         self.tokenizer = tokenizer
@@ -105,7 +118,8 @@ class Extractor:
     @classmethod
     def load(cls, export_dir: str | os.PathLike) -> "Extractor":
         exported = load_export(export_dir)
-        return cls(exported.model_config, exported.params, exported.tokenizer, exported.labels, exported.settings)
+        return cls(exported.model_config, exported.params, exported.tokenizer, exported.labels, exported.settings,
+                   exported.digest)
 
     def extract(self, text_or_texts: str | Sequence[str], batch_size: int = 8, progress: bool = False):
         """Entities of one text (a list of dicts) or of each of several texts (a list of lists).
@@ -113,6 +127,7 @@ class Extractor:
         Each entity: {"start", "end" (character offsets, end exclusive), "label", "text"
         (== text[start:end]), "score"}, sorted by position; nested entities are kept.
         """
+        check_batch_size(batch_size, "batch_size")
         single = isinstance(text_or_texts, str)
         texts = [text_or_texts] if single else text_or_texts
         if not isinstance(texts, Sequence):
@@ -148,28 +163,64 @@ class Extractor:
         return results[0] if single else results
 
 
-def predict_file(export_dir, input_path, output_path, *, batch_size: int = 8) -> int:
+def check_batch_size(batch_size, name: str = "predict.batch_size") -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
+
+
+def predict_file(export_dir, input_path, output_path, *, batch_size: int = 8, overwrite: bool = False,
+                 report_path=None) -> int:
     """Streams a JSON-lines file ({"text", optional "id"}) through the exported model.
 
-    Writes {"id", "entities": [...]} per input line, in input order, flushing per batch; on a
-    rerun, inputs whose id is already in the output are skipped. Returns the number written.
+    Writes a header (which input, which export) and then {"id", "entities": [...]} per input
+    line, in input order, flushing per batch (file format: `sener_jax.prediction_io`). A rerun
+    with the same input and export continues after the last complete record; another input or
+    export is an error unless `overwrite`. A file that is not a predictions file of ours is never
+    touched. `report_path`, when given, is checked up front (not the input or the output, not a
+    foreign file) so that the report written after the run cannot fail on it. Returns the number
+    of records written by this call.
     """
+    check_batch_size(batch_size)
     if not input_path:
         raise ValueError("config.predict.input is empty: give a JSON-lines file with a 'text' field per line")
-    items = read_inputs(input_path)
-    output = pathlib.Path(output_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    done = done_ids(output)
-    todo = [(i, text) for i, text in items if i not in done]
-    if done:
-        logger.info("%s: %d of %d inputs already done, skipped", output, len(items) - len(todo), len(items))
+    input_path, output = pathlib.Path(input_path), pathlib.Path(output_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"predict.input {input_path}: no such file")
+    if _same_file(input_path, output):
+        raise ValueError(f"predict.output {output} is the input file itself; choose another predict.output")
+    if report_path is not None:
+        check_report_path(report_path, output, input_path)
+    total = scan_inputs(input_path)  # every line valid and ids unique before anything is written
+    header = make_header(input_path, export_dir, export_digest(export_dir))
+    done = prepare_output(output, header, overwrite=overwrite)
     extractor = Extractor.load(export_dir)
+    if extractor.digest != header["export"]["manifest_sha256"]:
+        raise RuntimeError(f"{export_dir}: the export changed while predict started; run again")
+    inputs = iter_inputs(input_path)
+    # The output holds the first `done` inputs, in order: check that they are these inputs.
+    for (line_no, item_id, _), (out_line, record) in zip(itertools.islice(inputs, done), iter_predictions(output)):
+        if str(record["id"]) != item_id:
+            raise PredictionFileError(
+                f"{output}:{out_line}: id {record['id']!r}, but {input_path}:{line_no} has id {item_id!r}; "
+                "set predict.overwrite=True to start the file over"
+            )
+    if done:
+        logger.info("%s: %d of %d inputs already done, skipped", output, done, total)
     written = 0
-    with open(output, "a", encoding="utf-8") as handle, tqdm(total=len(todo), desc="predict", unit="doc") as bar:
-        for lo in range(0, len(todo), batch_size):
-            chunk = todo[lo : lo + batch_size]
-            entities = extractor.extract([text for _, text in chunk], batch_size=batch_size)
-            write_predictions(handle, [item_id for item_id, _ in chunk], entities)
+    with open(output, "a", encoding="utf-8") as handle, tqdm(total=total - done, desc="predict", unit="doc") as bar:
+        while chunk := list(itertools.islice(inputs, batch_size)):
+            errors = [text_error(text) for _, _, text in chunk]
+            good = [text for (_, _, text), error in zip(chunk, errors) if error is None]
+            found = iter(extractor.extract(good, batch_size=batch_size) if good else [])
+            entities = [[] if error is not None else next(found) for error in errors]
+            write_predictions(handle, [item_id for _, item_id, _ in chunk], entities, errors)
             written += len(chunk)
             bar.update(len(chunk))
     return written

@@ -15,16 +15,21 @@ import bisect
 import colorsys
 import dataclasses
 import html
+import os
 import pathlib
+import tempfile
 from typing import Iterable, Mapping, Sequence
 
-from sener_jax.prediction_io import read_inputs, read_predictions
+from sener_jax.prediction_io import iter_inputs, iter_predictions
 
 # Light backgrounds that keep black text readable; after these, hues by the golden angle.
 PALETTE = (
     "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
     "#f7b6d2", "#dbdb8d", "#9edae5", "#fdd0a2", "#c7e9c0", "#dadaeb",
 )
+
+# Marks a page as a report of ours: only such a file is ever replaced by a new report.
+REPORT_MARKER = '<meta name="generator" content="sener_jax predictions report">'
 
 STYLE = """<style>
 .sener-doc { white-space: pre-wrap; line-height: 2.6; font-family: sans-serif; }
@@ -187,10 +192,42 @@ def render_report_html(documents: Iterable[tuple[str, str, Sequence[Mapping]]], 
         for doc_id, text, entities in documents
     ]
     return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{STYLE}</head>'
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">{REPORT_MARKER}<title>{html.escape(title)}</title>{STYLE}</head>'
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{legend_html(colors)}{''.join(sections)}"
         "</body></html>\n"
     )
+
+
+def report_path_for(output: str | os.PathLike) -> pathlib.Path:
+    """Where `--mode=predict` writes the report of `output`: X.jsonl -> X.html, and X.html (an
+    output that already ends in .html) -> X.report.html, so the report is never the output."""
+    output = pathlib.Path(output)
+    report = output.with_suffix(".html")
+    return output.with_suffix(".report.html") if report == output else report
+
+
+def is_our_report(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return REPORT_MARKER.encode() in handle.read(4096)
+    except OSError:
+        return False
+
+
+def check_report_path(report: str | os.PathLike, *others: str | os.PathLike) -> pathlib.Path:
+    """Raises unless `report` may be (re)written: not one of `others` (the predictions, the input)
+    and not an existing file other than a report of ours."""
+    report = pathlib.Path(report)
+    for other in others:
+        other = pathlib.Path(other)
+        if report.resolve() == other.resolve() or (report.exists() and other.exists() and os.path.samefile(report, other)):
+            raise ValueError(f"the HTML report path {report} is also {other}; choose another predict.output")
+    if report.exists() and not (report.is_file() and is_our_report(report)):
+        raise FileExistsError(
+            f"{report}: exists and is not a sener_jax predictions report; refusing to replace it: move it away or "
+            "choose another predict.output (the report goes to the output path with .html)"
+        )
+    return report
 
 
 def write_predictions_report(input_path, predictions_path, html_path, *, labels: Sequence[str] | None = None,
@@ -199,13 +236,37 @@ def write_predictions_report(input_path, predictions_path, html_path, *, labels:
     optional "id") with the entities written to `predictions_path` ({"id", "entities"} per line).
 
     Only the first `max_documents` inputs go into the page (the page says so): it is for reading.
+    Both files are streamed. The page replaces only an earlier report of ours (`check_report_path`),
+    atomically.
     """
-    items = read_inputs(input_path)
-    entities_by_id = read_predictions(predictions_path)
-    shown = [(i, text, entities_by_id.get(i, [])) for i, text in items[:max_documents]]
-    missing = sum(1 for i, _ in items if i not in entities_by_id)
-    note = f"{len(shown)} of {len(items)} documents shown" + (f"; {missing} have no predictions yet" if missing else "")
-    path = pathlib.Path(html_path)
-    path.write_text(render_report_html(shown, labels, title=f"SeNER entities: {pathlib.Path(input_path).name}",
-                                       note=note), encoding="utf-8")
+    path = check_report_path(html_path, predictions_path, input_path)
+    shown, total = [], 0
+    for _, item_id, text in iter_inputs(input_path):
+        total += 1
+        if len(shown) < max_documents:
+            shown.append((item_id, text))
+    wanted = {item_id for item_id, _ in shown}
+    entities_by_id, errors, predicted = {}, {}, 0
+    for _, record in iter_predictions(predictions_path):
+        predicted += 1
+        item_id = str(record["id"])
+        if item_id in wanted:
+            entities_by_id[item_id] = record["entities"]
+            if record.get("error"):
+                errors[item_id] = record["error"]
+    missing = max(total - predicted, 0)
+    note = f"{len(shown)} of {total} documents shown" + (f"; {missing} have no predictions yet" if missing else "")
+    if errors:
+        note += "; not processed: " + "; ".join(f"{i}: {e}" for i, e in errors.items())
+    page = render_report_html([(i, text, entities_by_id.get(i, [])) for i, text in shown], labels,
+                              title=f"SeNER entities: {pathlib.Path(input_path).name}", note=note)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+    try:
+        # "replace": a text with a lone surrogate (reported as an error record) still renders.
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as handle:
+            handle.write(page)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
     return path

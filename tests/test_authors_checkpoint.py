@@ -254,7 +254,20 @@ def test_cli_export_loads_with_extractor_and_extracts(ours, tmp_path):
     with pytest.raises(ValueError, match="12 given"):  # scholar-xl names 12 types, the checkpoint has 4
         main(["--authors", str(checkpoint), "--encoder", str(encoder_dir), "--labels", "scholar-xl", str(tmp_path / "x")])
     out = tmp_path / "export"
-    assert main(["--authors", str(checkpoint), "--encoder", str(encoder_dir), "--labels", "scirex", str(out)]) == 0
+    flags = ["--authors", str(checkpoint), "--encoder", str(encoder_dir), "--labels", "scirex"]
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")  # a mistyped OUT_DIR: refused, never deleted
+    (tmp_path / "export.tmp").mkdir()
+    (tmp_path / "export.tmp" / "keep").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a sener_jax export"):
+        main([*flags, "--overwrite", str(out)])
+    assert (out / "thesis.tex").read_text() == "precious"
+    (out / "thesis.tex").unlink()
+    assert main([*flags, str(out)]) == 0
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        main([*flags, str(out)])
+    assert main([*flags, "--overwrite", str(out)]) == 0
+    assert (tmp_path / "export.tmp" / "keep").read_text() == "precious"
     extractor = Extractor.load(out)
     assert extractor.labels == ["Method", "Task", "Material", "Metric"]
     assert extractor.model_config.encoder.logn_length == "padded" and extractor.model_config.head.max_span_words == 129

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 from safetensors.numpy import save_file  # noqa: E402
 
 from sener_jax.convert import load_encoder, load_hf_deberta, read_hf_state_dict, save_encoder  # noqa: E402
+from sener_jax.manifest import verify_manifest  # noqa: E402
 from sener_jax.models.deberta import EncoderConfig  # noqa: E402
 from tests.deberta_helpers import VOCAB, build_hf_deberta, flax_hidden, hf_hidden, token_batch  # noqa: E402
 
@@ -91,6 +92,32 @@ def test_orbax_export_round_trip(tmp_path):
     np.testing.assert_array_equal(flax_hidden(config, params, ids, mask), flax_hidden(config, expected_params, ids, mask))
     with pytest.raises(FileExistsError, match="already exists"):
         save_encoder(out, config, params)
+    verify_manifest(out, kind="encoder")
+
+
+def test_conversion_never_deletes_a_foreign_directory_and_replaces_ours_only_with_overwrite(tmp_path):
+    from sener_jax.convert import main
+
+    source = tmp_path / "hf"
+    build_hf_deberta("v2_style_c2p", source)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    (tmp_path / "out.tmp").mkdir()
+    (tmp_path / "out.tmp" / "keep").write_text("precious")
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(FileExistsError, match="not a sener_jax encoder"):
+            main([str(source), str(out), *flags])
+    assert (out / "thesis.tex").read_text() == "precious"
+    (out / "thesis.tex").unlink()
+    assert main([str(source), str(out)]) == 0
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        main([str(source), str(out)])
+    (out / "stale").write_text("old")
+    assert main([str(source), str(out), "--overwrite"]) == 0
+    assert not (out / "stale").exists() and load_encoder(out)[0] == load_hf_deberta(source)[0]
+    assert (tmp_path / "out.tmp" / "keep").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out", "out.tmp"]
 
 
 def test_missing_weights_and_bad_paths_are_named(tmp_path):

@@ -263,7 +263,8 @@ def test_predict_mode_writes_an_html_report_beside_the_json_lines(tmp_path):
     config.eval.threshold = 0.0  # random weights: a zero threshold so that spans come out
     config.predict.input = str(tmp_path / "in.jsonl")
     modes.run_mode("predict", config, tmp_path)
-    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    header, *records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert header["sener_jax_predictions"] == 1 and header["input"]["path"] == str((tmp_path / "in.jsonl").resolve())
     page = (tmp_path / "predictions.html").read_text()
     parsed = parse(page.split("<body>", 1)[1].rsplit("</body>", 1)[0])
     assert "<works>" in parsed.text and "<works>" not in page and "2 of 2 documents shown" in page

@@ -115,7 +115,7 @@ def test_predict_mode_writes_in_order_and_skips_done_ids(demo_run, tmp_path):
     with open(source, "a") as handle:
         handle.write(json.dumps({"text": "Carol White"}) + "\n")  # no id: the line number
     assert predict_file(workdir / "export", source, output, batch_size=2) == 1
-    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    lines = [json.loads(line) for line in output.read_text().splitlines()[1:]]  # after the header line
     assert [r["id"] for r in lines] == ["d0", "d1", "d2", "4"]
     assert lines[1]["entities"] == []
     for record, text in zip(lines, texts):
