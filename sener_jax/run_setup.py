@@ -75,7 +75,7 @@ def train_iterator(config, data: DataBundle, model_config: SenerConfig, settings
         segments, config.train.batch_size, tokenizer.pad_id, token_buckets, word_buckets,
         window=model_config.head.band_half_width, label_to_id={l: i for i, l in enumerate(data.labels)},
         num_types=len(data.labels), shuffle=True, seed=config.seed, num_epochs=config.train.num_epochs,
-        masking=masking,
+        masking=masking, label_format=config.data.get("label_format", "spans"),
     )
     if jax.process_count() > 1:
         iterator = iterator.shard(*distributed.process_shard())  # this host's rows of every global batch
