@@ -20,6 +20,7 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from sener_jax import checkpointing, distributed, optim
+from sener_jax.compile_cache import enable_compilation_cache
 from sener_jax.evaluate import evaluate_and_write, evaluate_split
 from sener_jax.export import export_model
 from sener_jax.models.sener import init_params
@@ -125,6 +126,7 @@ def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int
         results = evaluate_split(
             ctx.logits_fn, local_params(ctx, state["trainable"]), run.data.splits["dev"], run.data.tokenizer,
             run.data.labels, run.settings, run.model_config, batch_size=run.config.eval.batch_size, split="dev",
+            max_buckets=run.config.data.get("max_buckets", 0),
         )
         micro = results["micro"]
         for key in ("precision", "recall", "f1"):
@@ -147,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     Returns {"dev": results, "test": results} for the splits that exist (best checkpoint).
     """
+    enable_compilation_cache(config.train.get("compilation_cache_dir", ""))
     run = prepare_run(config, workdir)
     iterator, tconf = run.train_iterator, config.train
     if iterator is None:

@@ -22,6 +22,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from sener_jax.data.bucket_plan import BucketPlan
 from sener_jax.data.label_spans import pack_spans, representable_count, round_capacity, row_spans
 from sener_jax.data.labels import band_labels, is_representable
 from sener_jax.data.masking import whole_word_mask
@@ -160,6 +161,7 @@ class BatchIterator:
         process_index: int = 0,
         process_count: int = 1,
         label_format: str = "dense",
+        bucket_plan: BucketPlan | None = None,
     ) -> None:
         if label_format not in ("dense", "spans"):
             raise ValueError(f"label_format must be 'dense' or 'spans', got {label_format!r}")
@@ -182,13 +184,17 @@ class BatchIterator:
         self.process_index = process_index
         self.process_count = process_count
         self.label_format = label_format
+        self.bucket_plan = bucket_plan
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, list] | None = None
-        self._keys = [
-            (bucket_for(s.n_tokens, self.token_buckets), bucket_for(max(s.n_words, 1), self.word_buckets))
-            for s in self.segments
-        ]
+        if bucket_plan is not None:  # shapes chosen from the data (`bucket_plan`), else the fixed buckets
+            self._keys = [bucket_plan.shape_for(s.n_tokens, max(s.n_words, 1)) for s in self.segments]
+        else:
+            self._keys = [
+                (bucket_for(s.n_tokens, self.token_buckets), bucket_for(max(s.n_words, 1), self.word_buckets))
+                for s in self.segments
+            ]
         self.label_capacity: dict[tuple[int, int], int] = {}
         if label_format == "spans" and label_to_id is not None and window is not None:
             for key, seg in zip(self._keys, self.segments):
@@ -246,6 +252,7 @@ class BatchIterator:
             window=self.window, label_to_id=self.label_to_id, num_types=self.num_types,
             shuffle=self.shuffle, seed=self.seed, num_epochs=self.num_epochs, masking=self.masking,
             process_index=process_index, process_count=process_count, label_format=self.label_format,
+            bucket_plan=self.bucket_plan,
         )
         clone.restore(self.state())
         return clone
@@ -286,7 +293,8 @@ def make_batches(segments: Sequence[Segment], batch_size: int, pad_id: int, toke
                  word_buckets: Sequence[int], **labelling) -> list[Batch]:
     """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order).
 
-    `labelling`: `window`, `label_to_id`, `num_types` as for `BatchIterator` (omit for unlabelled input).
+    `labelling`: `window`, `label_to_id`, `num_types`, `label_format`, `bucket_plan` as for
+    `BatchIterator` (omit the label ones for unlabelled input).
     """
     return list(BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets,
                               shuffle=False, num_epochs=1, **labelling))
