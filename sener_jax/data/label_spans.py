@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sener_jax.data.labels import _type_id, is_representable
+from sener_jax.data.labels import is_representable, label_type_id
 
 SPAN_FIELDS = 3  # (start_word, last_word, type_id)
 CAPACITY_MULTIPLE = 8  # capacities are rounded up so similar buckets share a shape
@@ -34,7 +34,7 @@ def row_spans(entities: Iterable, n_words: int, window: int, label_to_id: Mappin
             raise ValueError(f"entity {tuple(entity)!r} is not inside the segment's {n_words} words")
         if not is_representable(start, end, window):
             continue
-        r = _type_id(label, label_to_id)
+        r = label_type_id(label, label_to_id)
         if not 0 <= r < num_types:
             raise ValueError(f"type id {r} of entity {tuple(entity)!r} is outside [0, {num_types})")
         spans.append((int(start), int(end) - 1, r))
