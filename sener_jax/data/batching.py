@@ -117,6 +117,7 @@ class MaskingConfig:
     vocab_size: int
     special_ids: tuple[int, ...]
     fraction: float = 0.15
+    scope: str = "segment"  # "segment" (ours) | "document" (the authors', masking.select_document_words)
 
 
 class BatchIterator:
@@ -145,6 +146,7 @@ class BatchIterator:
         masking: MaskingConfig | None = None,
         process_index: int = 0,
         process_count: int = 1,
+        bucketing: bool = True,
     ) -> None:
         if batch_size < 1 or batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
@@ -164,6 +166,9 @@ class BatchIterator:
         self.masking = masking
         self.process_index = process_index
         self.process_count = process_count
+        # False: the authors' batching, random batches over all segments regardless of length,
+        # each padded to the buckets of its longest member (still a bounded set of shapes).
+        self.bucketing = bucketing
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, list] | None = None
@@ -187,6 +192,8 @@ class BatchIterator:
         if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
         rng = np.random.default_rng([self.seed, epoch])
+        if not self.bucketing:
+            return self._cache_plan(epoch, self._unbucketed_plan(rng))
         groups: dict[tuple[int, int], list[int]] = {}
         for index, key in enumerate(self._keys):
             groups.setdefault(key, []).append(index)
@@ -199,7 +206,19 @@ class BatchIterator:
                 plan.append((key, members[lo : lo + self.batch_size]))
         if self.shuffle:
             plan = [plan[i] for i in rng.permutation(len(plan))]
+        return self._cache_plan(epoch, plan)
+
+    def _cache_plan(self, epoch: int, plan: list) -> list:
         self._plan_cache = (epoch, plan)
+        return plan
+
+    def _unbucketed_plan(self, rng: np.random.Generator) -> list:
+        order = rng.permutation(len(self.segments)) if self.shuffle else np.arange(len(self.segments))
+        plan = []
+        for lo in range(0, len(order), self.batch_size):
+            members = [int(i) for i in order[lo : lo + self.batch_size]]
+            key = (max(self._keys[i][0] for i in members), max(self._keys[i][1] for i in members))
+            plan.append((key, members))
         return plan
 
     def __len__(self) -> int:
@@ -222,7 +241,7 @@ class BatchIterator:
             self.segments, self.batch_size, self.pad_id, self.token_buckets, self.word_buckets,
             window=self.window, label_to_id=self.label_to_id, num_types=self.num_types,
             shuffle=self.shuffle, seed=self.seed, num_epochs=self.num_epochs, masking=self.masking,
-            process_index=process_index, process_count=process_count,
+            process_index=process_index, process_count=process_count, bucketing=self.bucketing,
         )
         clone.restore(self.state())
         return clone
@@ -253,6 +272,7 @@ class BatchIterator:
             batch.arrays["input_ids"] = whole_word_mask(
                 batch.arrays["input_ids"], batch.arrays["word_index"], rng,
                 mask_id=m.mask_id, vocab_size=m.vocab_size, special_ids=m.special_ids, fraction=m.fraction,
+                segments=batch.segments if m.scope == "document" else None,
             )
         self.position += 1
         return batch
@@ -260,9 +280,16 @@ class BatchIterator:
 
 def make_batches(segments: Sequence[Segment], batch_size: int, pad_id: int, token_buckets: Sequence[int],
                  word_buckets: Sequence[int], **labelling) -> list[Batch]:
-    """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order).
+    """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order;
+    with `bucketing=False`, input order, as the authors batch evaluation).
 
     `labelling`: `window`, `label_to_id`, `num_types` as for `BatchIterator` (omit for unlabelled input).
     """
     return list(BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets,
                               shuffle=False, num_epochs=1, **labelling))
+
+
+def authors_total_steps(n_segments: int, batch_size: int, num_epochs: int) -> int:
+    """The authors' schedule length: `(len(train) // batch_size + 1) * epochs` (one step too many
+    per epoch when the batch size divides the data)."""
+    return (n_segments // batch_size + 1) * num_epochs
