@@ -11,7 +11,8 @@ from sener_jax.data.batching import BatchIterator, authors_total_steps
 from sener_jax.data.masking import select_document_words, select_whole_words
 from sener_jax.decode import decode_spans
 from sener_jax.export import InferenceSettings, _settings_from
-from sener_jax.run_setup import inference_settings
+from sener_jax.run_setup import inference_settings, prepare_run
+from sener_jax.train import train_and_evaluate
 
 
 class _Tok:
@@ -115,3 +116,17 @@ def test_paper_variants_load_and_set_every_switch(module):
     assert paper.train.lr_lora == ours.train.lr_lora and paper.data.max_tokens == ours.data.max_tokens
     tiny = module.get_config("paper_tiny")
     assert tiny.data.segmentation == "subwords" and tiny.model.encoder.hidden_size < 256
+
+
+def test_paper_tiny_trains_and_evaluates_through_the_authors_pipeline(shared_data, tmp_path):
+    config = scirex.get_config("paper_tiny")
+    config.data.single_file = str(shared_data / "scirex" / "docs.jsonl.gz")
+    config.data.tokenizer = str(shared_data / "deberta-v3-tokenizer")
+    config.train.export = False
+    run = prepare_run(config, tmp_path)
+    segments = run.train_iterator.segments
+    assert not run.train_iterator.bucketing and run.settings.segmentation == "subwords"
+    # the subword cut: every piece but a document's last holds exactly max_tokens - 2 subwords
+    assert sum(s.n_tokens == config.data.max_tokens for s in segments) >= len(segments) - 2
+    results = train_and_evaluate(config, tmp_path / "run")
+    assert results["dev"]["micro"]["gold"] > 0 and results["dev"]["documents"] == 2
