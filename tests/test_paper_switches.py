@@ -119,8 +119,9 @@ def test_paper_variants_load_and_set_every_switch(module):
 
 
 def test_paper_tiny_trains_and_evaluates_through_the_authors_pipeline(shared_data, tmp_path):
-    config = scirex.get_config("paper_tiny")
-    config.data.single_file = str(shared_data / "scirex" / "docs.jsonl.gz")
+    config = scholarxl.get_config("paper_tiny")  # short documents: a few pieces each, a quick evaluation
+    config.data.train_path = config.data.dev_path = str(shared_data / "scholar-xl" / "dev.json")
+    config.train.max_steps = 1
     config.data.tokenizer = str(shared_data / "deberta-v3-tokenizer")
     config.train.export = False
     run = prepare_run(config, tmp_path)
