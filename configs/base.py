@@ -120,6 +120,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.max_train_docs = 0  # 0: all
     config.data.max_eval_docs = 0
     config.data.mask_probability = 0.15  # whole-word masking (training only)
+    # The authors' pipeline as switches (README "Differences from the original implementation"; `:paper`).
+    config.data.segmentation = "words"  # "words" (cut between words, overlap) | "subwords" (theirs)
+    config.data.merge = "margin"  # "margin" (ours) | "union" (theirs)
+    config.data.mask_scope = "segment"  # "segment" (ours) | "document" (theirs)
     config.data.synthetic = ml_collections.ConfigDict({"enabled": False})
 
     config.train = ml_collections.ConfigDict()
@@ -144,11 +148,17 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
     config.train.eval_every_epochs = 1
     config.train.export = True  # write WORKDIR/export from the best checkpoint at the end
+    config.train.batching = "buckets"  # "buckets" (length buckets) | "random" (theirs)
+    config.train.schedule_steps = "batches"  # "batches" per epoch x epochs | "authors": (len // batch + 1) x epochs
 
     config.eval = ml_collections.ConfigDict()
     config.eval.threshold = 0.5
     config.eval.batch_size = 16
     config.eval.splits = ("dev", "test")
+    config.eval.dev_batch_size = 0  # 0: eval.batch_size (the authors: dev 2, test 4)
+    config.eval.test_batch_size = 0
+    config.eval.boundary_word_crosses = True  # False: theirs (sharing one boundary word is not crossing)
+    config.eval.batching = "buckets"  # "buckets" | "order" (theirs: input order)
 
     # Multi-process runs (sener_jax/distributed.py). Empty coordinator: single process, unless the
     # environment (SENER_COORDINATOR / SENER_NUM_PROCESSES / SENER_PROCESS_ID) or SLURM says otherwise.
@@ -190,8 +200,21 @@ def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def use_authors_pipeline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Every switch set to what the authors' code does (the `:paper` variants)."""
+    config.data.update(dict(segmentation="subwords", merge="union", mask_scope="document"))
+    config.model.encoder.logn_length = "padded"
+    config.train.update(dict(batching="random", schedule_steps="authors"))
+    config.eval.update(dict(dev_batch_size=2, test_batch_size=4, boundary_word_crosses=False, batching="order"))
+    return config
+
+
+VARIANTS = ("tiny", "paper", "paper_tiny")
+
+
 def paper_config(name: str, lr_lora: float, max_tokens: int, arg, **data_fields) -> ml_collections.ConfigDict:
-    """A dataset config with the paper's recipe; `arg == "tiny"` gives the test variant.
+    """A dataset config with the paper's recipe; `arg == "tiny"` gives the test variant, "paper"
+    the authors' pipeline (`use_authors_pipeline`), "paper_tiny" both (eval batches stay tiny's).
 
     The tiny variant trains on the dev file when no train file is configured (the shared folder
     holds only dev splits for Scholar-XL and Profiling-07).
@@ -202,10 +225,14 @@ def paper_config(name: str, lr_lora: float, max_tokens: int, arg, **data_fields)
     config.data.max_tokens = max_tokens
     config.model.pretrained = "microsoft/deberta-v3-large"
     config.train.lr_lora = lr_lora
-    if arg == "tiny":
+    if arg and arg not in VARIANTS:
+        raise ValueError(f"configs/{name}.py: unknown variant {arg!r} (expected nothing or one of {VARIANTS})")
+    if arg in ("paper", "paper_tiny"):
+        use_authors_pipeline(config)
+    if arg in ("tiny", "paper_tiny"):
         make_tiny(config)
         if not config.data.train_path and not config.data.single_file:
             config.data.train_path = config.data.dev_path
-    elif arg:
-        raise ValueError(f"configs/{name}.py: unknown variant {arg!r} (expected nothing or 'tiny')")
+    if arg == "paper_tiny":  # tests run on 8 devices: evaluation batches must stay a multiple of 8
+        config.eval.update(dict(dev_batch_size=0, test_batch_size=0))
     return config

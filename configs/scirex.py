@@ -2,7 +2,11 @@
 
 The shared folder holds only SciREX's train split (`scirex/docs.jsonl.gz`, 250 papers); by
 default it is split deterministically by document order into train/dev/test (80/10/10). With the
-full release (allenai/SciREX or QAQ123/SciREX) set data.train_path/dev_path/test_path instead.
+full release (allenai/SciREX or QAQ123/SciREX) set data.train_path/dev_path/test_path instead:
+the authors train and evaluate on that official 306/66/66 split (train.jsonl / dev.jsonl /
+test.jsonl of the release, SciREX format, read as such), and a set `data.train_path` always wins
+over `single_file`. The `:paper` variant changes no paths: point it at the release for the
+paper's split (with the shared 250 documents it still splits them 80/10/10 by order).
 """
 import pathlib
 import sys

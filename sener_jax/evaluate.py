@@ -26,6 +26,11 @@ def evaluate_split(
     return results
 
 
+def eval_batch_size(config, split: str) -> int:
+    """`eval.<split>_batch_size` when set (> 0; the authors evaluate dev in 2s, test in 4s), else eval.batch_size."""
+    return int(config.eval.get(f"{split}_batch_size", 0) or config.eval.batch_size)
+
+
 def write_eval(workdir: pathlib.Path, split: str, results: dict) -> None:
     path = workdir / f"eval_{split}.json"
     path.write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -39,7 +44,7 @@ def evaluate_and_write(run: RunSetup, logits_fn, params) -> dict:
         if split in run.data.splits:
             results[split] = evaluate_split(
                 logits_fn, params, run.data.splits[split], run.data.tokenizer, run.data.labels, run.settings,
-                run.model_config, batch_size=run.config.eval.batch_size, split=split,
+                run.model_config, batch_size=eval_batch_size(run.config, split), split=split,
                 max_buckets=run.config.data.get("max_buckets", 0),
             )
             if distributed.is_primary():

@@ -45,6 +45,12 @@ class InferenceSettings:
     threshold: float = 0.5
     token_bucket_base: int = 128  # padded token lengths: base * 2**k, capped at max_tokens
     word_bucket_base: int = 32
+    # The authors' pipeline, selectable (README "Differences from the original implementation");
+    # exports written before these fields existed load with our defaults.
+    segmentation: str = "words"  # "words" (ours: word boundaries, overlap) | "subwords" (theirs)
+    merge: str = "margin"  # "margin" (ours) | "union" (theirs: same-type overlaps across pieces joined)
+    boundary_word_crosses: bool = True  # False: theirs, spans sharing exactly one boundary word do not cross
+    batching: str = "buckets"  # "buckets" (ours) | "order" (theirs: input order; matters with LogN "padded")
 
     def buckets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Fixed length buckets, so every call compiles at most one program per bucket pair."""
@@ -138,6 +144,10 @@ def _settings_from(meta_path: pathlib.Path, values) -> InferenceSettings:
         "threshold": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
         "token_bucket_base": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
         "word_bucket_base": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+        "segmentation": (lambda v: v in ("words", "subwords"), "'words' or 'subwords'"),
+        "merge": (lambda v: v in ("margin", "union"), "'margin' or 'union'"),
+        "boundary_word_crosses": (lambda v: isinstance(v, bool), "a bool"),
+        "batching": (lambda v: v in ("buckets", "order"), "'buckets' or 'order'"),
     }
     for name, value in values.items():
         ok, wanted = rules[name]

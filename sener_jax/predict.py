@@ -85,19 +85,22 @@ def predict_documents(
     `max_buckets` > 0: at most that many batch shapes chosen from these documents' lengths
     (`data.bucket_plan`; for a fixed split evaluated every epoch); 0: the settings' fixed buckets.
     """
-    segments = segment_documents(documents, tokenizer, settings.max_tokens, settings.overlap_words)
+    segments = segment_documents(documents, tokenizer, settings.max_tokens, settings.overlap_words,
+                                 settings.segmentation)
     token_buckets, word_buckets = settings.buckets()
     batches = make_batches(segments, batch_size, tokenizer.pad_id, token_buckets, word_buckets,
-                           bucket_plan=settings.bucket_plan(segments, max_buckets))
+                           bucket_plan=settings.bucket_plan(segments, max_buckets),
+                           bucketing=settings.batching == "buckets")
     spans_by_segment: dict[int, list] = {}
     for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
         logits = logits_fn(params, batch.arrays)
         word_lengths = batch.arrays["word_mask"].sum(axis=1)
-        decoded = decode_spans(logits, word_lengths, window, threshold=settings.threshold)
+        decoded = decode_spans(logits, word_lengths, window, threshold=settings.threshold,
+                               boundary_word_crosses=settings.boundary_word_crosses)
         for segment, spans in zip(batch.segments, decoded):
             if segment is not None:
                 spans_by_segment[id(segment)] = list(spans)
-    merged = merge_documents(segments, [spans_by_segment[id(s)] for s in segments])
+    merged = merge_documents(segments, [spans_by_segment[id(s)] for s in segments], settings.merge)
     return {
         doc.doc_id: [(int(s), int(e), labels[int(t)], float(score)) for s, e, t, score in merged.get(doc.doc_id, [])]
         for doc in documents

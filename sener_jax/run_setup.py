@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from sener_jax import checkpointing, distributed
 from sener_jax.data.bucket_plan import BucketPlan
 from sener_jax.data import BatchIterator, DataBundle, MaskingConfig, load_data, segment_documents
+from sener_jax.data.batching import authors_total_steps
 from sener_jax.models.sener import SenerConfig
 from sener_jax.predict import InferenceSettings
 from sener_jax.train_step import abstract_replicated, make_mesh, model_config_from
@@ -30,6 +31,10 @@ def inference_settings(config) -> InferenceSettings:
         threshold=config.eval.threshold,
         token_bucket_base=config.data.get("token_bucket_base", 128),
         word_bucket_base=config.data.get("word_bucket_base", 32),
+        segmentation=config.data.get("segmentation", "words"),
+        merge=config.data.get("merge", "margin"),
+        boundary_word_crosses=config.eval.get("boundary_word_crosses", True),
+        batching=config.eval.get("batching", "buckets"),
     )
 
 
@@ -75,7 +80,8 @@ def split_bucket_plan(segments, max_buckets: int, settings: InferenceSettings, s
 def train_iterator(config, data: DataBundle, model_config: SenerConfig, settings: InferenceSettings) -> BatchIterator:
     """The shuffled, resumable iterator over the training segments (this host's rows of each batch)."""
     tokenizer = data.tokenizer
-    segments = segment_documents(data.splits["train"], tokenizer, settings.max_tokens, settings.overlap_words)
+    segments = segment_documents(data.splits["train"], tokenizer, settings.max_tokens, settings.overlap_words,
+                                 settings.segmentation)
     token_buckets, word_buckets = settings.buckets()
     plan = split_bucket_plan(segments, config.data.get("max_buckets", 4), settings, "train")
     masking = None
@@ -83,12 +89,14 @@ def train_iterator(config, data: DataBundle, model_config: SenerConfig, settings
         masking = MaskingConfig(
             mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
             special_ids=tuple(tokenizer.special_ids), fraction=config.data.mask_probability,
+            scope=config.data.get("mask_scope", "segment"),
         )
     iterator = BatchIterator(
         segments, config.train.batch_size, tokenizer.pad_id, token_buckets, word_buckets,
         window=model_config.head.band_half_width, label_to_id={l: i for i, l in enumerate(data.labels)},
         num_types=len(data.labels), shuffle=True, seed=config.seed, num_epochs=config.train.num_epochs,
         masking=masking, label_format=config.data.get("label_format", "spans"), bucket_plan=plan,
+        bucketing=config.train.get("batching", "buckets") == "buckets",
     )
     if jax.process_count() > 1:
         iterator = iterator.shard(*distributed.process_shard())  # this host's rows of every global batch
@@ -103,7 +111,9 @@ def prepare_run(config, workdir) -> RunSetup:
     model_config = model_config_from(config, data.tokenizer.vocab_size, len(data.labels))
     mesh = make_mesh()
     n_devices = mesh.devices.size
-    for name, size in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    sizes = [("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)]
+    sizes += [(f"eval.{s}_batch_size", config.eval.get(f"{s}_batch_size", 0)) for s in ("dev", "test")]
+    for name, size in sizes:
         if size % n_devices:
             raise ValueError(f"{name}={size} must be a multiple of the number of devices ({n_devices})")
     settings = inference_settings(config)
@@ -111,6 +121,8 @@ def prepare_run(config, workdir) -> RunSetup:
     if "train" in data.splits:
         iterator = train_iterator(config, data, model_config, settings)
         total_steps = len(iterator) * config.train.num_epochs
+        if config.train.get("schedule_steps", "batches") == "authors":
+            total_steps = authors_total_steps(len(iterator.segments), config.train.batch_size, config.train.num_epochs)
         if config.train.max_steps > 0:
             total_steps = min(total_steps, config.train.max_steps)
     total_updates = max(1, math.ceil(total_steps / config.train.grad_accum_steps))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from sener_jax import checkpointing, distributed, optim
 from sener_jax.compile_cache import enable_compilation_cache
-from sener_jax.evaluate import evaluate_and_write, evaluate_split
+from sener_jax.evaluate import eval_batch_size, evaluate_and_write, evaluate_split
 from sener_jax.export import export_model
 from sener_jax.models.sener import init_params
 from sener_jax.epoch_timer import EpochTimer
@@ -129,7 +129,7 @@ def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int
     if "dev" in run.data.splits and (epoch + 1) % tconf.eval_every_epochs == 0:
         results = evaluate_split(
             ctx.logits_fn, local_params(ctx, state["trainable"]), run.data.splits["dev"], run.data.tokenizer,
-            run.data.labels, run.settings, run.model_config, batch_size=run.config.eval.batch_size, split="dev",
+            run.data.labels, run.settings, run.model_config, batch_size=eval_batch_size(run.config, "dev"), split="dev",
             max_buckets=run.config.data.get("max_buckets", 0),
         )
         micro = results["micro"]

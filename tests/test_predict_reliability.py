@@ -12,7 +12,9 @@ import jax
 import pytest
 
 from configs import demo
-from sener_jax import train
+from sener_jax.data import load_tokenizer
+from sener_jax.run_setup import inference_settings
+from sener_jax.train_step import model_config_from
 from sener_jax.export import export_model, load_export
 from sener_jax.manifest import ManifestError, write_manifest
 from sener_jax.models.sener import init_params
@@ -30,10 +32,10 @@ TEXTS = ["Ulric Brandt works at Norvale Institute of Technology.", "Phone: +27 (
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     config = demo.get_config("tiny")
-    tokenizer = train.load_tokenizer("synthetic")
-    model_config = train.model_config_from(config, tokenizer.vocab_size, len(LABELS))
+    tokenizer = load_tokenizer("synthetic")
+    model_config = model_config_from(config, tokenizer.vocab_size, len(LABELS))
     params = init_params(model_config, jax.random.PRNGKey(0))
-    settings = train.inference_settings(config)
+    settings = inference_settings(config)
     export_model(root / "export", model_config, params, tokenizer, LABELS, settings)
     return dict(root=root, export=root / "export", model_config=model_config, params=params, tokenizer=tokenizer,
                 settings=settings, config=config)

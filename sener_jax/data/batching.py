@@ -130,6 +130,7 @@ class MaskingConfig:
     vocab_size: int
     special_ids: tuple[int, ...]
     fraction: float = 0.15
+    scope: str = "segment"  # "segment" (ours) | "document" (the authors', masking.select_document_words)
 
 
 class BatchIterator:
@@ -162,6 +163,7 @@ class BatchIterator:
         process_count: int = 1,
         label_format: str = "dense",
         bucket_plan: BucketPlan | None = None,
+        bucketing: bool = True,
     ) -> None:
         if label_format not in ("dense", "spans"):
             raise ValueError(f"label_format must be 'dense' or 'spans', got {label_format!r}")
@@ -185,6 +187,9 @@ class BatchIterator:
         self.process_count = process_count
         self.label_format = label_format
         self.bucket_plan = bucket_plan
+        # False: the authors' batching, random batches over all segments regardless of length,
+        # each padded to the buckets of its longest member (still a bounded set of shapes).
+        self.bucketing = bucketing
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, list] | None = None
@@ -196,10 +201,17 @@ class BatchIterator:
                 for s in self.segments
             ]
         self.label_capacity: dict[tuple[int, int], int] = {}
+        self._fallback_capacity: int | None = None
         if label_format == "spans" and label_to_id is not None and window is not None:
             for key, seg in zip(self._keys, self.segments):
                 count = round_capacity(representable_count(seg, window))
                 self.label_capacity[key] = max(self.label_capacity.get(key, 0), count)
+            if not bucketing and self.label_capacity:
+                # Unbucketed batches mix shapes (a batch takes its longest member's tokens and its
+                # most words, a pair that may be no segment's own): one capacity, the largest, for all.
+                largest = max(self.label_capacity.values())
+                self.label_capacity = {key: largest for key in self.label_capacity}
+                self._fallback_capacity = largest
         if label_to_id is not None and window is not None:
             too_long = sum(not is_representable(e.start, e.end, window) for s in self.segments for e in s.entities)
             if too_long:
@@ -216,6 +228,8 @@ class BatchIterator:
         if self._plan_cache is not None and self._plan_cache[0] == epoch:
             return self._plan_cache[1]
         rng = np.random.default_rng([self.seed, epoch])
+        if not self.bucketing:
+            return self._cache_plan(epoch, self._unbucketed_plan(rng))
         groups: dict[tuple[int, int], list[int]] = {}
         for index, key in enumerate(self._keys):
             groups.setdefault(key, []).append(index)
@@ -228,7 +242,19 @@ class BatchIterator:
                 plan.append((key, members[lo : lo + self.batch_size]))
         if self.shuffle:
             plan = [plan[i] for i in rng.permutation(len(plan))]
+        return self._cache_plan(epoch, plan)
+
+    def _cache_plan(self, epoch: int, plan: list) -> list:
         self._plan_cache = (epoch, plan)
+        return plan
+
+    def _unbucketed_plan(self, rng: np.random.Generator) -> list:
+        order = rng.permutation(len(self.segments)) if self.shuffle else np.arange(len(self.segments))
+        plan = []
+        for lo in range(0, len(order), self.batch_size):
+            members = [int(i) for i in order[lo : lo + self.batch_size]]
+            key = (max(self._keys[i][0] for i in members), max(self._keys[i][1] for i in members))
+            plan.append((key, members))
         return plan
 
     def __len__(self) -> int:
@@ -252,7 +278,7 @@ class BatchIterator:
             window=self.window, label_to_id=self.label_to_id, num_types=self.num_types,
             shuffle=self.shuffle, seed=self.seed, num_epochs=self.num_epochs, masking=self.masking,
             process_index=process_index, process_count=process_count, label_format=self.label_format,
-            bucket_plan=self.bucket_plan,
+            bucket_plan=self.bucket_plan, bucketing=self.bucketing,
         )
         clone.restore(self.state())
         return clone
@@ -277,13 +303,14 @@ class BatchIterator:
         per_host = self.batch_size // self.process_count
         rows = rows[self.process_index * per_host : (self.process_index + 1) * per_host]
         batch = collate(rows, n_tokens, n_words, self.pad_id, self.window, self.label_to_id, self.num_types,
-                        label_capacity=self.label_capacity.get((n_tokens, n_words)))
+                        label_capacity=self.label_capacity.get((n_tokens, n_words), self._fallback_capacity))
         if self.masking is not None:
             rng = np.random.default_rng([self.seed, self.epoch, self.position, self.process_index, 1])
             m = self.masking
             batch.arrays["input_ids"] = whole_word_mask(
                 batch.arrays["input_ids"], batch.arrays["word_index"], rng,
                 mask_id=m.mask_id, vocab_size=m.vocab_size, special_ids=m.special_ids, fraction=m.fraction,
+                segments=batch.segments if m.scope == "document" else None,
             )
         self.position += 1
         return batch
@@ -291,10 +318,17 @@ class BatchIterator:
 
 def make_batches(segments: Sequence[Segment], batch_size: int, pad_id: int, token_buckets: Sequence[int],
                  word_buckets: Sequence[int], **labelling) -> list[Batch]:
-    """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order).
+    """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order;
+    with `bucketing=False`, input order, as the authors batch evaluation).
 
     `labelling`: `window`, `label_to_id`, `num_types`, `label_format`, `bucket_plan` as for
     `BatchIterator` (omit the label ones for unlabelled input).
     """
     return list(BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets,
                               shuffle=False, num_epochs=1, **labelling))
+
+
+def authors_total_steps(n_segments: int, batch_size: int, num_epochs: int) -> int:
+    """The authors' schedule length: `(len(train) // batch_size + 1) * epochs` (one step too many
+    per epoch when the batch size divides the data)."""
+    return (n_segments // batch_size + 1) * num_epochs

@@ -5,6 +5,11 @@ For each row: words are drawn in random order and taken whole while the tokens t
 taken tokens, 80% become [MASK], 10% a random regular id, 10% stay. [CLS], [SEP] and padding
 (`word_index == -1`) are never touched. The original drew candidates over the whole document,
 which is wrong for every segment after the first; this works on the segment's own words.
+
+`scope="document"` reproduces the authors (`select_document_words`): the budget is 15% of the
+whole document's subwords plus [CLS] and [SEP], words are drawn over the whole document, a word
+that does not fit the remaining budget is skipped in favour of the next, and only the chosen
+words inside the current segment are masked (so later segments get less than 15%).
 """
 from __future__ import annotations
 
@@ -21,14 +26,21 @@ def whole_word_mask(
     vocab_size: int,
     special_ids: Sequence[int] = (),
     fraction: float = 0.15,
+    segments: Sequence | None = None,
 ) -> np.ndarray:
-    """New `input_ids` (B, N) with whole words corrupted; the inputs are not modified."""
+    """New `input_ids` (B, N) with whole words corrupted; the inputs are not modified.
+
+    `segments` (row b's Segment, None for padding rows): given, words are drawn per document
+    (`select_document_words`, the authors' scope); omitted, per row (ours)."""
     input_ids = np.asarray(input_ids)
     word_index = np.asarray(word_index)
     if input_ids.shape != word_index.shape or input_ids.ndim != 2:
         raise ValueError(f"input_ids {input_ids.shape} and word_index {word_index.shape} must be equal (B, N)")
     out = input_ids.copy()
-    selected = select_whole_words(word_index, rng, fraction)
+    if segments is None:
+        selected = select_whole_words(word_index, rng, fraction)
+    else:
+        selected = select_document_words(word_index, segments, rng, fraction)
     decision = rng.random(out.shape)
     to_mask = selected & (decision < 0.8)
     to_random = selected & (decision >= 0.8) & (decision < 0.9)
@@ -56,6 +68,29 @@ def select_whole_words(word_index: np.ndarray, rng: np.random.Generator, fractio
         chosen = np.zeros(counts.shape[0], dtype=bool)
         chosen[order[:n_take]] = True
         selected[b] = real & chosen[np.where(real, row, 0)]
+    return selected
+
+
+def select_document_words(word_index: np.ndarray, segments: Sequence, rng: np.random.Generator,
+                          fraction: float = 0.15) -> np.ndarray:
+    """Bool (B, N): the authors' document-level choice (module docstring), restricted to each row's segment."""
+    selected = np.zeros(word_index.shape, dtype=bool)
+    for b, seg in enumerate(segments):
+        if seg is None:
+            continue
+        counts = seg.document_token_counts
+        if counts is None:
+            raise ValueError(f"segment of {seg.doc_id!r} has no document_token_counts (built by segment_document)")
+        budget = int(round(fraction * (int(counts.sum()) + 2)))  # [CLS] and [SEP] count in their budget
+        chosen = np.zeros(len(counts), dtype=bool)
+        for word in rng.permutation(len(counts)):
+            if 0 < counts[word] <= budget:  # a word that does not fit is skipped, the next one tried
+                chosen[word] = True
+                budget -= int(counts[word])
+        local = chosen[seg.word_start : seg.word_end]
+        row = word_index[b]
+        real = (row >= 0) & (row < len(local))
+        selected[b] = real & local[np.where(real, row, 0)]
     return selected
 
 

@@ -11,6 +11,10 @@ Rule, per distinct `(start, end, type)` in document word indices:
   witnesses predicted it.
 Spans are judged independently, so nested (and crossing) spans survive as predicted; two types
 on the same words are two spans.
+
+`rule="union"` is the authors' merge for their non-overlapping subword pieces (a word cut in two
+belongs to both): same-type spans of *different* segments that share a word are replaced by their
+union (transitively), score the maximum; everything else is kept as predicted.
 """
 from __future__ import annotations
 
@@ -73,13 +77,49 @@ def _kept(key: tuple[int, int, int], by_segment: dict[int, float | None], segmen
     return best_predicted
 
 
+MERGE_RULES = ("margin", "union")
+
+
+def merge_union(segments: Sequence[Segment], spans_per_segment: Sequence[Sequence[tuple]]) -> list[tuple]:
+    """The authors' merge (module docstring): spans `(start, end, type_id, score)` of one document."""
+    items = []  # (start, end, type, score, segment index) in document word indices
+    for index, (seg, spans) in enumerate(zip(segments, spans_per_segment, strict=True)):
+        for span in spans:
+            start, end = int(span[0]) + seg.word_start, int(span[1]) + seg.word_start
+            items.append([start, end, int(span[2]), float(span[3]) if len(span) == 4 else None, {index}])
+    changed = True
+    while changed:  # join until no two same-type spans of different segments share a word
+        changed = False
+        for a in range(len(items)):
+            for b in range(a + 1, len(items)):
+                x, y = items[a], items[b]
+                if x[2] == y[2] and not (x[4] & y[4]) and x[0] < y[1] and y[0] < x[1]:
+                    scores = [s for s in (x[3], y[3]) if s is not None]
+                    items[a] = [min(x[0], y[0]), max(x[1], y[1]), x[2], max(scores) if scores else None, x[4] | y[4]]
+                    del items[b]
+                    changed = True
+                    break
+            if changed:
+                break
+    best: dict[tuple, float | None] = {}
+    for start, end, type_id, score, _ in items:
+        key = (start, end, type_id)
+        if key not in best or (score is not None and (best[key] is None or score > best[key])):
+            best[key] = score
+    return sorted(k if s is None else k + (s,) for k, s in best.items())
+
+
 def merge_documents(
-    segments: Sequence[Segment], spans_per_segment: Sequence[Sequence[tuple]]
+    segments: Sequence[Segment], spans_per_segment: Sequence[Sequence[tuple]], rule: str = "margin"
 ) -> dict[str, list[tuple]]:
-    """`merge_segments` for segments of many documents: {doc_id: merged spans} (input order of docs)."""
+    """`merge_segments` (rule "margin", ours) or `merge_union` (rule "union", the authors') for
+    segments of many documents: {doc_id: merged spans} (input order of docs)."""
+    if rule not in MERGE_RULES:
+        raise ValueError(f"merge rule must be one of {MERGE_RULES}, got {rule!r}")
+    merge = merge_segments if rule == "margin" else merge_union
     grouped: dict[str, tuple[list, list]] = {}
     for seg, spans in zip(segments, spans_per_segment, strict=True):
         segs, lists = grouped.setdefault(seg.doc_id, ([], []))
         segs.append(seg)
         lists.append(spans)
-    return {doc_id: merge_segments(segs, lists) for doc_id, (segs, lists) in grouped.items()}
+    return {doc_id: merge(segs, lists) for doc_id, (segs, lists) in grouped.items()}

@@ -38,6 +38,7 @@ from sener_jax.models.torch_init import (
 )
 from sener_jax.band_layout import band_cell_mask, band_from_dense, dense_cell_mask, gather_band, transpose_band
 from sener_jax.config_compat import REFERENCE, head_fields, reference_impl
+from sener_jax.models.bispa_dropout import band_chunk_prob_scale, cell_dropout, dense_row_prob_scale
 from sener_jax.ops.attention_probs import masked_softmax
 
 # Logit written into invalid band cells: sigmoid gives exactly 0, and it is finite in bf16/fp32.
@@ -63,6 +64,8 @@ class SpanHeadConfig:
     use_bispa: bool = True  # False: the paper's "w/o BiSPA" ablation
     mlp_dropout: float = 0.4
     bispa_dropout: float = 0.2
+    # Dropout (p = bispa_dropout) on the softmax probabilities of both BiSPA attentions, as the authors.
+    bispa_attention_dropout: bool = True
     row_chunk: int = 128  # band impl: rows whose K x K attention maps exist at one time
     remat_blocks: bool = True  # recompute each BiSPA block in the backward pass (saves only its input)
 
@@ -90,6 +93,7 @@ class SpanHeadConfig:
         check(0.0 <= self.bispa_dropout < 1.0, "bispa_dropout", "a float in [0, 1)")
         check(isinstance(self.row_chunk, int) and self.row_chunk >= 1, "row_chunk", "an int >= 1")
         check(isinstance(self.remat_blocks, bool), "remat_blocks", "a bool")
+        check(isinstance(self.bispa_attention_dropout, bool), "bispa_attention_dropout", "a bool")
 
     @property
     def band_half_width(self) -> int:
@@ -139,12 +143,16 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.stack([rot_even, rot_odd], axis=-1).reshape(x.shape)
 
 
-def _masked_attention(q, k, v, key_valid, query_valid):
-    """Single-head softmax attention over the second-to-last axis. q,k,v (..., N, c); masks (..., N)."""
+def _masked_attention(q, k, v, key_valid, query_valid, prob_scale=None):
+    """Single-head softmax attention over the second-to-last axis. q,k,v (..., N, c); masks (..., N).
+
+    `prob_scale` (..., N, N): attention-prob dropout factors (0 or 1/(1-p)), None when deterministic."""
     c = q.shape[-1]
     logits = jnp.einsum("...qc,...kc->...qk", q, k) / math.sqrt(c)
     # Fully masked rows are invalid queries (a valid cell is its own key), zeroed below.
     probs = masked_softmax(logits, key_valid[..., None, :], fully_masked="uniform")
+    if prob_scale is not None:
+        probs = probs * prob_scale
     out = jnp.einsum("...qk,...kc->...qc", probs, v)
     return jnp.where(query_valid[..., None], out, 0.0)
 
@@ -182,11 +190,12 @@ def map_row_chunks(fn, row_chunk: int, *arrays):
     return out.reshape((b, n_chunks * chunk) + out.shape[3:])[:, :length]
 
 
-def band_row_attention(x, valid, kernel, bias, row_chunk: int):
+def band_row_attention(x, valid, kernel, bias, row_chunk: int, drop_key=None, drop_rate: float = 0.0):
     """Attention along k within each band row, RoPE position = k. x (B, L, K, c), valid (B, L, K).
 
     Rows go `row_chunk` at a time through `map_row_chunks`, so only one chunk's (chunk, K, K)
-    maps ever exist and the saved residuals are O(L*K*c) in all.
+    maps ever exist and the saved residuals are O(L*K*c) in all. `drop_key`: attention-prob
+    dropout, its masks drawn per row (`bispa_dropout`), also one chunk at a time.
     """
     kk, c = x.shape[2:]
     sin, cos = (jnp.asarray(t) for t in rope_table(np.arange(kk), c))
@@ -194,7 +203,10 @@ def band_row_attention(x, valid, kernel, bias, row_chunk: int):
     def chunk_fn(start, xc, vc):  # (B, C, K, c), (B, C, K)
         q, k, v = _split_qkv(xc, kernel, bias)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
-        return _masked_attention(q, k, v, vc, vc)
+        scale = None
+        if drop_key is not None and drop_rate > 0.0:
+            scale = band_chunk_prob_scale(drop_key, start, xc.shape[0], xc.shape[1], kk, drop_rate)
+        return _masked_attention(q, k, v, vc, vc, scale)
 
     return map_row_chunks(chunk_fn, row_chunk, x, valid)
 
@@ -225,7 +237,7 @@ def band_biaffine(h_hat, t_hat, u, row_chunk: int, window: int):
 # --------------------------------------------------------------------------------------------
 
 
-def dense_row_attention(s, valid, kernel, bias, window: int):
+def dense_row_attention(s, valid, kernel, bias, window: int, drop_key=None, drop_rate: float = 0.0):
     """For each fixed first index i, attention over the second index j (keys with valid[i, j]).
 
     RoPE position of cell (i, j) is its band index k = j - i + w' (clipped off the band, where
@@ -238,12 +250,15 @@ def dense_row_attention(s, valid, kernel, bias, window: int):
     sin, cos = (jnp.asarray(t)[pos] for t in rope_table(np.arange(2 * window + 1), c))  # (L, L, c/2)
 
     def one_row(args):
-        si, vi, sini, cosi = args  # (B, L, c), (B, L), (L, c/2)
+        row, si, vi, sini, cosi = args  # (), (B, L, c), (B, L), (L, c/2)
         q, k, v = _split_qkv(si, kernel, bias)
         q, k = apply_rope(q, sini, cosi), apply_rope(k, sini, cosi)
-        return _masked_attention(q, k, v, vi, vi)
+        scale = None
+        if drop_key is not None and drop_rate > 0.0:  # the band's per-row mask, read in (j, j')
+            scale = dense_row_prob_scale(drop_key, row, si.shape[0], length, window, drop_rate)
+        return _masked_attention(q, k, v, vi, vi, scale)
 
-    out = jax.lax.map(one_row, (s.swapaxes(0, 1), valid.swapaxes(0, 1), sin, cos))
+    out = jax.lax.map(one_row, (idx, s.swapaxes(0, 1), valid.swapaxes(0, 1), sin, cos))
     return out.swapaxes(0, 1)
 
 
@@ -325,8 +340,16 @@ class BiSPABlock(nn.Module):
         conv1 = _ConvKernel(c, name="conv1")()
         conv2 = _ConvKernel(c, name="conv2")()
         ln2 = _layer_norm("LayerNorm2")
-        drop = nn.Dropout(cfg.bispa_dropout)
         band = cfg.impl == "band"
+        # Every mask is drawn in band layout (models/bispa_dropout.py) so band == reference in training.
+        keys = [None] * 4
+        if not deterministic and cfg.bispa_dropout > 0.0:
+            keys = list(jax.random.split(self.make_rng("dropout"), 4))
+        att_rate = cfg.bispa_dropout if cfg.bispa_attention_dropout else 0.0
+        key_h, key_v = keys[:2]
+
+        def drop(t, key):
+            return cell_dropout(t, key, cfg.bispa_dropout, w, band)
 
         def mask(t):
             return jnp.where(valid[..., None], t, 0.0)
@@ -342,23 +365,24 @@ class BiSPABlock(nn.Module):
 
         # 2-3. horizontal (along rows) and vertical (along columns) attention.
         if band:
-            z_h = band_row_attention(x, valid, h_kernel, h_bias, cfg.row_chunk)
+            z_h = band_row_attention(x, valid, h_kernel, h_bias, cfg.row_chunk, key_h, att_rate)
             y = transpose_band(x, w)  # row i holds the spans that end at word i
-            z_v = band_row_attention(y, valid, v_kernel, v_bias, cfg.row_chunk)  # mask is transpose-invariant
+            # mask is transpose-invariant
+            z_v = band_row_attention(y, valid, v_kernel, v_bias, cfg.row_chunk, key_v, att_rate)
             if cfg.bispa_alignment == "plus":
                 z_v = transpose_band(z_v, w)  # cell (i, j) gets column j's attention at (i, j)
         else:
-            z_h = dense_row_attention(x, valid, h_kernel, h_bias, w)
+            z_h = dense_row_attention(x, valid, h_kernel, h_bias, w, key_h, att_rate)
             # column attention: for fixed j over i. Result z_col[i, j] is cell (i, j) in column j.
             z_col = dense_row_attention(
-                x.swapaxes(1, 2), valid.swapaxes(1, 2), v_kernel, v_bias, w
+                x.swapaxes(1, 2), valid.swapaxes(1, 2), v_kernel, v_bias, w, key_v, att_rate
             ).swapaxes(1, 2)
             # "original": cell (i, j) takes the column attention computed at (j, i) (same band index).
             z_v = z_col if cfg.bispa_alignment == "plus" else z_col.swapaxes(1, 2)
 
         # 4. merge the two directions, residual, LayerNorm.
         out = dense(jnp.concatenate([z_h, z_v], axis=-1))
-        z = ln1(x + drop(out, deterministic=deterministic))
+        z = ln1(x + drop(out, keys[2]))
 
         # 5. local CNN on the band grid (zero padding), residual, LayerNorm.
         if band:
@@ -368,7 +392,7 @@ class BiSPABlock(nn.Module):
         else:
             conv = lambda t, k: dense_band_conv(t, k, w)  # noqa: E731
         local = conv(mask(nn.gelu(conv(mask(z), conv1), approximate=False)), conv2)
-        return ln2(z + drop(local, deterministic=deterministic))
+        return ln2(z + drop(local, keys[3]))
 
 
 class SpanHead(nn.Module):
