@@ -5,6 +5,7 @@ import json
 import pathlib
 
 from sener_jax import distributed, metrics
+from sener_jax.train_guard import require_finite
 from sener_jax.models.sener import SenerConfig
 from sener_jax.predict import InferenceSettings, predict_documents
 from sener_jax.run_setup import RunSetup
@@ -14,7 +15,9 @@ def evaluate_split(
     logits_fn, params, documents, tokenizer, labels, settings: InferenceSettings, model_config: SenerConfig,
     *, batch_size: int, split: str,
 ) -> dict:
-    """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9)."""
+    """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9).
+    NonFiniteParamsError for params with NaN/inf (all-NaN logits would decode to F1 0, not an error)."""
+    require_finite(params, f"to evaluate on {split}")
     predicted = predict_documents(
         logits_fn, params, documents, tokenizer, labels, settings,
         window=model_config.head.band_half_width, batch_size=batch_size, progress=f"eval {split}",
