@@ -106,8 +106,9 @@ def initial_health() -> dict:
     """Device-side counters of non-finite steps, updated inside the jitted step (no host sync):
     total skipped steps, the current and the longest run of consecutive ones, and the first such
     step (-1: none). The loop reads them only where it fetches values anyway (`train_health`)."""
-    zero = jnp.zeros((), jnp.int32)
-    return {"nonfinite_steps": zero, "consecutive": zero, "longest_run": zero, "first_step": zero - 1}
+    # One array per field: the state is donated, and one buffer donated twice is an error.
+    return {name: jnp.full((), value, jnp.int32)
+            for name, value in (("nonfinite_steps", 0), ("consecutive", 0), ("longest_run", 0), ("first_step", -1))}
 
 
 def next_health(health: dict, finite, step) -> dict:
