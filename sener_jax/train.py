@@ -193,8 +193,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 def check_health(ctx: LoopContext, state, step: int) -> None:
     """The step's non-finite counters against train.nonfinite (a host read of 4 scalars: called only
     where the loop syncs anyway: logging, checkpoints, epoch ends)."""
-    saved = ctx.latest.latest_step()
-    hint = f"the last good checkpoint is {ctx.latest.directory / str(saved)}" if saved is not None else "no checkpoint"
+    def hint() -> str:  # only on error: it lists the checkpoint directory
+        saved = ctx.latest.latest_step()
+        return f"the last good checkpoint is {ctx.latest.directory / str(saved)}" if saved is not None else "no checkpoint"
+
     train_guard.check_health(distributed.replicated_to_host(state["health"]), ctx.run.config.train, step, hint)
 
 

@@ -46,9 +46,9 @@ class Preempted(Exception):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
-def check_health(health: dict, tconf, step: int, checkpoint_hint: str) -> None:
+def check_health(health: dict, tconf, step: int, checkpoint_hint) -> None:
     """Raises NonFiniteTrainingError when the counters (host values of state["health"] after `step`)
-    break the policy; logs the skipped steps under "skip"."""
+    break the policy; logs the skipped steps under "skip". `checkpoint_hint()` says what is kept."""
     policy = tconf.get("nonfinite", "stop")
     if policy not in NONFINITE_POLICIES:
         raise ValueError(f"train.nonfinite={policy!r}: expected one of {NONFINITE_POLICIES}")
@@ -63,7 +63,7 @@ def check_health(health: dict, tconf, step: int, checkpoint_hint: str) -> None:
         raise NonFiniteTrainingError(
             f"non-finite loss or gradient norm at step {first} (noticed at step {step}; {total} such steps, "
             f"{why}). Training stopped: no checkpoint of the non-finite run is saved and no export is written; "
-            f"{checkpoint_hint}. Lower the learning rates (train.lr_*) or use --config.train.nonfinite=skip."
+            f"{checkpoint_hint()}. Lower the learning rates (train.lr_*) or use --config.train.nonfinite=skip."
         )
     logger.warning("%d non-finite steps skipped so far (first at step %d, longest run %d of %d allowed)",
                    total, first, longest, limit)
