@@ -108,3 +108,27 @@ def band_from_dense(s, window: int):
     padded = jnp.pad(s, ((0, 0), (0, 0), (window, window)) + ((0, 0),) * (s.ndim - 3))
     index = jnp.arange(length)[:, None] + jnp.arange(2 * window + 1)[None, :]
     return padded[:, jnp.arange(length)[:, None], index]
+
+
+# --------------------------------------------------------------------------------------------
+# Labels built on the device.
+# --------------------------------------------------------------------------------------------
+
+
+def band_targets(spans: jax.Array, n_words: int, window: int, num_types: int, dtype=jnp.uint8) -> jax.Array:
+    """Sparse spans (B, C, 3) = (start, last, type), -1 padded -> dense band labels (B, L, 2w'+1, R).
+
+    Both cells of each span are set (`span_cells`: the span in its start's row and, mirrored, in
+    its last word's row), exactly as the host reference `data.labels.band_labels` does. Padding
+    entries (type < 0) are sent off the grid and dropped by the scatter.
+    """
+    b = spans.shape[0]
+    start, last, types = spans[..., 0], spans[..., 1], spans[..., 2]
+    valid = types >= 0
+    rows = jnp.concatenate([start, last], axis=1)
+    cols = jnp.concatenate([band_column(start, last, window), band_column(last, start, window)], axis=1)
+    rows = jnp.where(jnp.concatenate([valid, valid], axis=1), rows, n_words)  # n_words: dropped
+    types = jnp.concatenate([types, types], axis=1)
+    batch_index = jnp.broadcast_to(jnp.arange(b)[:, None], rows.shape)
+    out = jnp.zeros((b, n_words, 2 * window + 1, num_types), dtype)
+    return out.at[batch_index, rows, cols, types].set(1, mode="drop")

@@ -43,6 +43,10 @@ MANIFEST_KIND = "checkpoint"
 RETIRED_FINGERPRINT_FIELDS = ("total_steps",)
 
 
+def has_manifest(step_dir: pathlib.Path) -> bool:
+    return manifest.read_manifest(step_dir) is not None
+
+
 def _fingerprint_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
@@ -58,20 +62,50 @@ def _fingerprint_differences(saved: Any, current: Any, prefix: str = "") -> list
 
 
 class RunCheckpoints:
-    """One CheckpointManager (`directory`, keeping `max_to_keep` steps) of (state, record) pairs."""
+    """One CheckpointManager (`directory`, keeping `max_to_keep` steps) of (state, record) pairs.
+
+    Saves are asynchronous: `save` returns once Orbax holds a host copy of the arrays, and the
+    write finishes while training goes on. It is waited for (`wait`) only before the next save,
+    before any read (`latest_step`, `restore`) and in `close` (exit, export); that is when its
+    manifest is written. Old steps are removed by this class, not by Orbax, and only once a newer
+    step has its manifest: a kill at any moment leaves a committed step to resume from.
+    """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 1):
         self.directory = pathlib.Path(directory).resolve()
+        self.max_to_keep = max_to_keep
+        # max_to_keep=None: Orbax would delete the previous step as soon as the new one is
+        # finalised, before its manifest exists (a kill then would leave no committed step).
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True),
         )
         self._verified: set[int] = set()  # steps whose files matched their manifest (hashing is not free)
+        self._pending: int | None = None  # the step whose asynchronous save has not been waited for
+
+    def wait(self) -> None:
+        """Finish the pending save: wait for Orbax on every process, write its manifest (the commit
+        marker), then remove the steps beyond `max_to_keep`."""
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            manifest.write_manifest(self.directory / str(step), kind=MANIFEST_KIND)
+        if jax.process_count() > 1:
+            # No process may look for the manifest (e.g. restore right away) before it exists.
+            ocp.multihost.sync_global_processes(f"sener_checkpoint_manifest_{step}")
+        committed = [s for s in sorted(self.manager.all_steps(), reverse=True)
+                     if has_manifest(self.directory / str(s))]
+        for old in committed[self.max_to_keep:]:
+            self.manager.delete(old)
+            self._verified.discard(old)
 
     def latest_step(self) -> int | None:
         """The newest step whose manifest was written (a newer step without one is skipped, with a warning)."""
+        self.wait()
         for step in sorted(self.manager.all_steps(), reverse=True):
-            if manifest.read_manifest(self.directory / str(step)) is not None:
+            if has_manifest(self.directory / str(step)):
                 return step
             logger.warning(
                 "checkpoint %s has no manifest (%s): its save did not finish; using an earlier step",
@@ -80,6 +114,8 @@ class RunCheckpoints:
         return None
 
     def save(self, step: int, state, record: dict) -> None:
+        """Starts saving `step` (asynchronously; see the class). Waits for the previous save first."""
+        self.wait()
         # A resumed run redoing steps it had saved (or begun to save) before the kill: replace them.
         # Later steps must go too, or Orbax would refuse to save a step below its latest one.
         for existing in self.manager.all_steps():
@@ -90,14 +126,9 @@ class RunCheckpoints:
         self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record))
         )
-        # The manifest must describe the final files: only after Orbax's (asynchronous) save has
-        # finished and committed, which `wait_until_finished` waits for on every process.
-        self.manager.wait_until_finished()
-        if jax.process_index() == 0:
-            manifest.write_manifest(self.directory / str(step), kind=MANIFEST_KIND)
-        if jax.process_count() > 1:
-            # No process may look for the manifest (e.g. restore right away) before it exists.
-            ocp.multihost.sync_global_processes(f"sener_checkpoint_manifest_{step}")
+        # The manifest must describe the final files: it is written in `wait`, after Orbax's
+        # asynchronous save has finished and committed on every process.
+        self._pending = step
 
     def verify(self, step: int) -> None:
         """Check every file of `step` against its manifest; CorruptCheckpointError names the bad files."""
@@ -114,6 +145,7 @@ class RunCheckpoints:
         self._verified.add(step)
 
     def read_record(self, step: int) -> dict:
+        self.wait()
         self.verify(step)
         path = self.directory / str(step) / "record"
         try:
@@ -150,4 +182,5 @@ class RunCheckpoints:
         return restored["state"], record
 
     def close(self) -> None:
+        self.wait()
         self.manager.close()

@@ -43,6 +43,16 @@ def _device_candidates(logits, word_lengths, threshold, *, window: int, max_cand
     return count, start, end_exclusive, pick(type_id), pick(score)
 
 
+def candidate_bound(n_words: int, window: int) -> int:
+    """Candidate-list size for rows of `n_words` words: 4 per word (far more spans than any gold
+    data has above the threshold), capped by the L * (w' + 1) upper-half cells. Fixed per shape."""
+    return min(n_words * (window + 1), max(64, 4 * n_words))
+
+
+def _candidates(logits, lengths, threshold, window: int, size: int):
+    return jax.device_get(_device_candidates(logits, lengths, jnp.float32(threshold), window=window, max_candidates=size))
+
+
 def remove_crossing(candidates: list[Span], boundary_word_crosses: bool = True) -> list[Span]:
     """Greedy: visit by score (desc), keep a span unless it crosses an already kept one.
 
@@ -84,8 +94,9 @@ def decode_spans(
     """logits (B, L, 2w'+1, R) band layout; word_lengths (B,) real words per row (a prefix).
 
     Returns, per batch row, spans (start, end_exclusive, type_id, score) in segment-local word
-    indices, sorted by (start, end, type). `max_candidates` is the initial size of the on-device
-    candidate list; when a row has more, the list is recomputed with room for all of them.
+    indices, sorted by (start, end, type). `max_candidates` (default `candidate_bound`, fixed per
+    shape) is the size of the on-device candidate list; when a row has more, it is recomputed once
+    with room for every upper-half cell.
     """
     logits = jnp.asarray(logits)
     if logits.ndim != 4 or logits.shape[2] != 2 * window + 1:
@@ -93,15 +104,14 @@ def decode_spans(
     lengths = jnp.asarray(word_lengths, jnp.int32).reshape(-1)
     if lengths.shape[0] != logits.shape[0]:
         raise ValueError(f"decode_spans: word_lengths has {lengths.shape[0]} rows, logits {logits.shape[0]}")
-    cells = logits.shape[1] * logits.shape[2]
-    size = min(cells, max_candidates or 1024)
-    while True:
-        count, start, end, type_id, score = jax.device_get(
-            _device_candidates(logits, lengths, jnp.float32(threshold), window=window, max_candidates=size)
-        )
-        if count.max(initial=0) <= size:
-            break
-        size = min(cells, 1 << int(count.max() - 1).bit_length())
+    n_words = logits.shape[1]
+    size = max_candidates or candidate_bound(n_words, window)
+    count, start, end, type_id, score = _candidates(logits, lengths, threshold, window, size)
+    if count.max(initial=0) > size:
+        # Overflow: more candidates than the bound. Redo with room for every upper-half cell, so a
+        # shape compiles at most two programs (the bound, the full size), never a growing series.
+        count, start, end, type_id, score = _candidates(logits, lengths, threshold, window,
+                                                        n_words * (window + 1))
     results = []
     for row in range(logits.shape[0]):
         n = int(count[row])

@@ -5,15 +5,15 @@ import json
 import pathlib
 
 from sener_jax import distributed, metrics
-from sener_jax.train_guard import require_finite
 from sener_jax.models.sener import SenerConfig
 from sener_jax.predict import InferenceSettings, predict_documents
 from sener_jax.run_setup import RunSetup
+from sener_jax.train_guard import require_finite
 
 
 def evaluate_split(
     logits_fn, params, documents, tokenizer, labels, settings: InferenceSettings, model_config: SenerConfig,
-    *, batch_size: int, split: str,
+    *, batch_size: int, split: str, max_buckets: int = 0,
 ) -> dict:
     """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9).
     NonFiniteParamsError for params with NaN/inf (all-NaN logits would decode to F1 0, not an error)."""
@@ -21,6 +21,7 @@ def evaluate_split(
     predicted = predict_documents(
         logits_fn, params, documents, tokenizer, labels, settings,
         window=model_config.head.band_half_width, batch_size=batch_size, progress=f"eval {split}",
+        max_buckets=max_buckets,
     )
     gold = {d.doc_id: [(e.start, e.end, e.label) for e in d.entities] for d in documents}
     results = metrics.evaluate_entities(gold, predicted, max_span_words=model_config.head.max_span_words)
@@ -42,6 +43,7 @@ def evaluate_and_write(run: RunSetup, logits_fn, params) -> dict:
             results[split] = evaluate_split(
                 logits_fn, params, run.data.splits[split], run.data.tokenizer, run.data.labels, run.settings,
                 run.model_config, batch_size=run.config.eval.batch_size, split=split,
+                max_buckets=run.config.data.get("max_buckets", 0),
             )
             if distributed.is_primary():
                 write_eval(run.workdir, split, results[split])

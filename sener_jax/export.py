@@ -27,6 +27,7 @@ from flax import traverse_util
 
 from sener_jax.data import length_buckets, load_tokenizer
 from sener_jax.manifest import manifest_digest, read_manifest, verify_manifest, write_manifest
+from sener_jax.data.bucket_plan import BucketPlan, plan_buckets
 from sener_jax.models.lora import merge_lora
 from sener_jax.models.sener import SenerConfig, init_params
 from sener_jax.output_dir import staged_directory
@@ -52,6 +53,15 @@ class InferenceSettings:
         token_buckets = length_buckets(top_tokens, min(self.token_bucket_base, top_tokens))
         max_words = max(self.max_tokens - 2, 1)
         return token_buckets, length_buckets(max_words, min(self.word_bucket_base, max_words))
+
+    def bucket_plan(self, segments, max_buckets: int) -> BucketPlan | None:
+        """At most `max_buckets` shapes chosen from `segments`' lengths, in multiples of the bases
+        (None when `max_buckets` is 0 or there are no segments: the fixed `buckets()`)."""
+        if max_buckets <= 0 or not segments:
+            return None
+        return plan_buckets([s.n_tokens for s in segments], [s.n_words for s in segments], max_buckets,
+                            token_multiple=min(self.token_bucket_base, self.max_tokens),
+                            word_multiple=self.word_bucket_base)
 
 
 @dataclasses.dataclass

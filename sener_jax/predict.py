@@ -78,11 +78,17 @@ def predict_documents(
     window: int,
     batch_size: int,
     progress: str | None = None,
+    max_buckets: int = 0,
 ) -> dict[str, list[tuple[int, int, str, float]]]:
-    """{doc_id: sorted [(start_word, end_word_exclusive, label, score)]} for every document."""
+    """{doc_id: sorted [(start_word, end_word_exclusive, label, score)]} for every document.
+
+    `max_buckets` > 0: at most that many batch shapes chosen from these documents' lengths
+    (`data.bucket_plan`; for a fixed split evaluated every epoch); 0: the settings' fixed buckets.
+    """
     segments = segment_documents(documents, tokenizer, settings.max_tokens, settings.overlap_words)
     token_buckets, word_buckets = settings.buckets()
-    batches = make_batches(segments, batch_size, tokenizer.pad_id, token_buckets, word_buckets)
+    batches = make_batches(segments, batch_size, tokenizer.pad_id, token_buckets, word_buckets,
+                           bucket_plan=settings.bucket_plan(segments, max_buckets))
     spans_by_segment: dict[int, list] = {}
     for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch", leave=False):
         logits = logits_fn(params, batch.arrays)

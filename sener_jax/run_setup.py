@@ -14,6 +14,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from sener_jax import checkpointing, distributed
+from sener_jax.data.bucket_plan import BucketPlan
 from sener_jax.data import BatchIterator, DataBundle, MaskingConfig, load_data, segment_documents
 from sener_jax.models.sener import SenerConfig
 from sener_jax.predict import InferenceSettings
@@ -65,11 +66,23 @@ class RunSetup:
         return {"total_steps": self.total_steps, "total_updates": self.total_updates}
 
 
+def split_bucket_plan(segments, max_buckets: int, settings: InferenceSettings, split: str) -> BucketPlan | None:
+    """At most `max_buckets` batch shapes for these segments (None: 0 asks for the fixed power-of-two
+    buckets), logged with the fraction of token slots that are padding."""
+    plan = settings.bucket_plan(segments, max_buckets)
+    if plan is None:
+        return None
+    logger.info("%s: %d segments in %d (tokens, words) buckets %s; %.1f%% of token slots are padding",
+                split, len(segments), len(plan.shapes), list(plan.shapes), 100 * plan.padding_fraction)
+    return plan
+
+
 def train_iterator(config, data: DataBundle, model_config: SenerConfig, settings: InferenceSettings) -> BatchIterator:
     """The shuffled, resumable iterator over the training segments (this host's rows of each batch)."""
     tokenizer = data.tokenizer
     segments = segment_documents(data.splits["train"], tokenizer, settings.max_tokens, settings.overlap_words)
     token_buckets, word_buckets = settings.buckets()
+    plan = split_bucket_plan(segments, config.data.get("max_buckets", 4), settings, "train")
     masking = None
     if config.data.mask_probability > 0:
         masking = MaskingConfig(
@@ -80,7 +93,7 @@ def train_iterator(config, data: DataBundle, model_config: SenerConfig, settings
         segments, config.train.batch_size, tokenizer.pad_id, token_buckets, word_buckets,
         window=model_config.head.band_half_width, label_to_id={l: i for i, l in enumerate(data.labels)},
         num_types=len(data.labels), shuffle=True, seed=config.seed, num_epochs=config.train.num_epochs,
-        masking=masking,
+        masking=masking, label_format=config.data.get("label_format", "spans"), bucket_plan=plan,
     )
     if jax.process_count() > 1:
         iterator = iterator.shard(*distributed.process_shard())  # this host's rows of every global batch

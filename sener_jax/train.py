@@ -20,10 +20,13 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from sener_jax import checkpointing, distributed, optim, train_guard
+from sener_jax.compile_cache import enable_compilation_cache
 from sener_jax.evaluate import evaluate_and_write, evaluate_split
 from sener_jax.export import export_model
 from sener_jax.models.sener import init_params
+from sener_jax.epoch_timer import EpochTimer
 from sener_jax.predict import make_logits_fn
+from sener_jax.prefetch import Prefetcher
 from sener_jax.run_setup import RunSetup, prepare_run, restore_best_trainable
 from sener_jax.train_step import abstract_replicated, create_train_state, device_batch, make_train_step, replicate
 
@@ -125,15 +128,18 @@ def local_params(ctx: LoopContext, trainable):
     return distributed.to_local(optim.merge_params(trainable, ctx.frozen), distributed.local_mesh(ctx.run.mesh))
 
 
-def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int) -> None:
+def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int, timer=None) -> None:
     """Dev evaluation when due (best checkpoint, early stopping), then the latest checkpoint."""
     run, tconf = ctx.run, ctx.run.config.train
     check_health(ctx, state, step)  # before the dev F1 can mark it best, before it is saved
+    timer = timer or EpochTimer()
+    timer.phase("eval")
     loop.epochs_done = epoch + 1
     if "dev" in run.data.splits and (epoch + 1) % tconf.eval_every_epochs == 0:
         results = evaluate_split(
             ctx.logits_fn, local_params(ctx, state["trainable"]), run.data.splits["dev"], run.data.tokenizer,
             run.data.labels, run.settings, run.model_config, batch_size=run.config.eval.batch_size, split="dev",
+            max_buckets=run.config.data.get("max_buckets", 0),
         )
         micro = results["micro"]
         for key in ("precision", "recall", "f1"):
@@ -148,7 +154,9 @@ def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int
             if loop.bad_epochs >= tconf.patience:
                 logger.info("early stopping: no dev-F1 gain for %d epochs", loop.bad_epochs)
                 loop.stopped = True
+    timer.phase("checkpoint")
     ctx.latest.save(step, state, checkpoint_record(run, loop))
+    timer.report(epoch, ctx.writer, step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
@@ -158,6 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     `train_guard.Preempted` after checkpointing on SIGTERM/SIGINT/SIGUSR1 and
     `train_guard.NonFiniteTrainingError` (nothing saved or exported) on NaN/inf steps.
     """
+    enable_compilation_cache(config.train.get("compilation_cache_dir", ""))
     run = prepare_run(config, workdir)
     iterator, tconf = run.train_iterator, config.train
     if iterator is None:
@@ -176,14 +185,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     ctx = LoopContext(run, frozen, logits_fn, writer, latest, best, optim.trained_groups(state["trainable"], tconf.finetune))
     try:
         state, loop = restore_latest(run, latest, state)
+        # After the restore: the prefetch thread starts from the resumed position (`Prefetcher.state()`
+        # is what checkpoints record: the next batch to train on).
+        run.train_iterator = Prefetcher(iterator, lambda b: device_batch(b, run.mesh), depth=2)
         with train_guard.StopSignals() as signals:
             state = run_steps(ctx, state, loop, make_train_step(run.model_config, optimizer, run.mesh), signals)
+        run.train_iterator.close()
         writer.flush()
         results = evaluate_best_and_export(run, state["trainable"] if best.latest_step() is None else None, frozen,
                                            best, logits_fn)
         for split, res in results.items():
             writer.add_scalar(f"final_{split}/f1", res["micro"]["f1"], int(state["step"]))
     finally:
+        if isinstance(run.train_iterator, Prefetcher):
+            run.train_iterator.close()  # the prefetch thread, also after a stop or an error
         writer.close()
         latest.close()
         best.close()
@@ -218,7 +233,7 @@ def run_steps(ctx: LoopContext, state, loop: LoopState, train_step, signals: tra
         # Killed after an epoch's last batch but before its evaluation/checkpoint: end that epoch now.
         if loop.epochs_done <= iterator.epoch:
             end_of_epoch(ctx, loop, state, iterator.epoch, first_step - 1)
-    window, bar = LossWindow(), None
+    window, bar, timer = LossWindow(), None, EpochTimer()
     for step in range(first_step, run.total_steps + 1):
         if loop.stopped:
             break
@@ -228,10 +243,10 @@ def run_steps(ctx: LoopContext, state, loop: LoopState, train_step, signals: tra
         if bar is None:
             bar = tqdm(total=steps_per_epoch, initial=iterator.position, desc=f"epoch {epoch + 1}/{tconf.num_epochs}",
                        unit="step", disable=not distributed.is_primary())
-        batch = next(iterator)
-        state, step_metrics = train_step(state, ctx.frozen, device_batch(batch, run.mesh))
+        batch, arrays = next(iterator)
+        state, step_metrics = train_step(state, ctx.frozen, arrays)
         window.add(step_metrics["loss"], batch)
-        bar.update(1)
+        timer.completed(step_metrics["loss"], bar)  # the bar counts finished steps (bounded lag)
         if step % tconf.log_every_steps == 0 or step == run.total_steps:
             log_progress(ctx, window, step, bar)
             check_health(ctx, state, step)
@@ -240,13 +255,15 @@ def run_steps(ctx: LoopContext, state, loop: LoopState, train_step, signals: tra
             check_health(ctx, state, step)
             latest.save(step, state, checkpoint_record(run, loop))
         if epoch_over or step == run.total_steps:
+            timer.drain(bar)
             bar.close()
             bar = None
-            end_of_epoch(ctx, loop, state, epoch, step)
+            end_of_epoch(ctx, loop, state, epoch, step, timer)
         if stop_requested(ctx, signals, step):
             if latest.latest_step() != step:
                 check_health(ctx, state, step)
                 latest.save(step, state, checkpoint_record(run, loop))
+            latest.wait()  # the asynchronous save finished and its manifest written before we stop
             ctx.writer.flush()
             raise train_guard.Preempted(signals.received or "a stop signal (on another process)", step,
                                         latest.directory / str(step))

@@ -29,12 +29,12 @@ from sener_jax.convert import load_pretrained_encoder, pretrained_encoder_config
 from sener_jax.losses import span_bce_loss
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
-from sener_jax.band_layout import band_cell_mask
+from sener_jax.band_layout import band_cell_mask, band_targets
 from sener_jax.models.span_head import SpanHeadConfig
 
 logger = logging.getLogger(__name__)
 
-BATCH_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "labels", "row_weight")
+BATCH_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "labels", "label_spans", "row_weight")
 # EncoderConfig fields that stay as the config says when a pretrained encoder is loaded: SeNER's own
 # choices and the dropout rates (e.g. attention dropout 0 for the Pallas kernel, which has none).
 # Every other field (the geometry) comes from the checkpoint.
@@ -143,10 +143,11 @@ def abstract_train_state(config, model_config: SenerConfig, total_updates: int =
     return state, frozen, optimizer_box[0]
 
 
-def abstract_batch(batch_size: int, n_tokens: int, n_words: int, window: int, num_types: int) -> dict:
-    """ShapeDtypeStructs of one global training batch."""
+def abstract_batch(batch_size: int, n_tokens: int, n_words: int, window: int, num_types: int,
+                   label_capacity: int | None = None) -> dict:
+    """ShapeDtypeStructs of one global training batch (sparse `label_spans` with `label_capacity`)."""
     s = jax.ShapeDtypeStruct
-    return {
+    arrays = {
         "input_ids": s((batch_size, n_tokens), jnp.int32),
         "attention_mask": s((batch_size, n_tokens), jnp.int32),
         "word_index": s((batch_size, n_tokens), jnp.int32),
@@ -154,6 +155,10 @@ def abstract_batch(batch_size: int, n_tokens: int, n_words: int, window: int, nu
         "labels": s((batch_size, n_words, 2 * window + 1, num_types), jnp.uint8),
         "row_weight": s((batch_size,), jnp.float32),
     }
+    if label_capacity is not None:
+        del arrays["labels"]
+        arrays["label_spans"] = s((batch_size, label_capacity, 3), jnp.int32)
+    return arrays
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,10 +208,14 @@ def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, d
         model_config, params, batch["input_ids"], batch["attention_mask"], batch["word_index"], batch["word_mask"],
         deterministic=deterministic, rngs=None if deterministic else {"dropout": dropout_key},
     )
-    cells = band_cell_mask(batch["word_mask"], model_config.head.band_half_width)
+    window = model_config.head.band_half_width
+    cells = band_cell_mask(batch["word_mask"], window)
     weight = batch["row_weight"]
+    labels = batch.get("labels")
+    if labels is None:  # sparse spans from the host: build the dense targets here, on the device
+        labels = band_targets(batch["label_spans"], logits.shape[1], window, logits.shape[3])
     # span_bce_loss is sum(weight * row_loss) / sum(weight): times sum(weight) gives the weighted sum.
-    return span_bce_loss(logits, batch["labels"], cells, row_weight=weight) * jnp.sum(weight)
+    return span_bce_loss(logits, labels, cells, row_weight=weight) * jnp.sum(weight)
 
 
 def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *, deterministic: bool = False):

@@ -23,7 +23,22 @@ def _saved(tmp_path):
     checkpoints = checkpointing.RunCheckpoints(tmp_path / "ckpt", max_to_keep=3)
     for step in (1, 2):
         checkpoints.save(step, _state(step), {"fingerprint": FINGERPRINT, "step": step})
+    checkpoints.wait()  # saves are asynchronous: the last one's manifest is written when it is waited for
     return checkpoints
+
+
+def test_async_save_keeps_the_previous_step_until_the_new_one_is_committed(tmp_path):
+    checkpoints = checkpointing.RunCheckpoints(tmp_path / "ckpt", max_to_keep=1)
+    checkpoints.save(1, _state(1), {"fingerprint": FINGERPRINT, "step": 1})
+    checkpoints.save(2, _state(2), {"fingerprint": FINGERPRINT, "step": 2})  # waits for 1, then starts 2
+    # Step 2 is in flight (or done, but not waited for): step 1 is committed and still on disk, so a
+    # kill now resumes from it.
+    assert manifest.verify_manifest(checkpoints.directory / "1", kind="checkpoint")
+    assert manifest.read_manifest(checkpoints.directory / "2") is None
+    assert checkpoints.latest_step() == 2  # a read waits: manifest written, step 1 removed (max_to_keep=1)
+    assert manifest.verify_manifest(checkpoints.directory / "2", kind="checkpoint")
+    assert not (checkpoints.directory / "1").exists()
+    checkpoints.close()
 
 
 def test_every_step_has_a_manifest_and_restores(tmp_path):

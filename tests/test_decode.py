@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
+from sener_jax import decode
 from sener_jax.decode import decode_spans, remove_crossing
 
 W = 4
@@ -80,6 +81,20 @@ def test_argmax_type_and_candidate_list_growth():
     logits[0, 1, W - 1, 1] = 5.0
     decoded = decode_spans(logits, [21], W, max_candidates=2)[0]
     assert [(s, e, r) for s, e, r, _ in decoded] == [(s, e + 1, r) for s, e, r in spans]
+
+
+def test_candidate_count_never_grows_the_compiled_programs():
+    """Any number of candidates on one shape: at most two programs (the bound, then the overflow size)."""
+    rng = np.random.default_rng(0)
+    n_words = 40
+    assert decode.candidate_bound(n_words, W) == min(n_words * (W + 1), 160)
+    decode._device_candidates.clear_cache()
+    for density in (0.0, 0.05, 0.3, 0.6, 1.0):  # up to every upper cell over the threshold: overflow
+        logits = np.where(rng.random((2, n_words, K, 2)) < density, 5.0, -5.0).astype(np.float32)
+        decoded = decode_spans(logits, [n_words, n_words - 3], W)
+        if density == 1.0:  # every span scores: the greedy keeps a non-crossing set of them
+            assert len(decoded[0]) > 0
+    assert decode._device_candidates._cache_size() == 2
 
 
 def test_bad_shapes_fail_clearly():

@@ -10,6 +10,7 @@ from flax import traverse_util
 
 from configs.base import get_base_config
 from sener_jax import optim, train_step
+from sener_jax.data.labels import band_labels
 from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.sener import SenerConfig
 from sener_jax.models.span_head import SpanHeadConfig
@@ -103,6 +104,26 @@ def test_loss_is_the_global_mean_over_real_rows(initial):
         alone["row_weight"] = (np.arange(8) == b).astype(np.float32)
         per_row.append(loss_sum(params, alone))
     np.testing.assert_allclose(total, np.mean(per_row), rtol=1e-5)
+
+
+def test_sparse_label_spans_give_the_dense_labels_loss(initial):
+    """The step's loss from `label_spans` (targets built on the device) == from host dense `labels`."""
+    state, frozen, _ = initial
+    params = optim.merge_params(state["trainable"], frozen)
+    loss_sum = jax.jit(lambda p, b: train_step.loss_sum(MODEL, p, b, deterministic=True))
+    dense = random_batch(4)
+    w = HEAD.band_half_width
+    dense["labels"][:] = 0
+    spans = np.full((8, 8, 3), -1, np.int32)
+    for b in range(6):  # two spans per real row, within its words, both band cells set as band_labels does
+        n = int(dense["word_mask"][b].sum())
+        for m, (s, e, t) in enumerate([(0, min(1, n - 1), 0), (n - 1, n - 1, 1)]):
+            spans[b, m] = (s, e, t)
+            band_labels([(s, e + 1, t)], n, w, {}, num_types=HEAD.num_types, out=dense["labels"][b, :n])
+    sparse = {k: v for k, v in dense.items() if k != "labels"}
+    sparse["label_spans"] = spans
+    assert dense["labels"].sum() > 0
+    np.testing.assert_allclose(loss_sum(params, sparse), loss_sum(params, dense), rtol=1e-6)
 
 
 def test_lora_training_leaves_frozen_weights_and_has_no_state_for_them(eight_and_one):

@@ -6,7 +6,9 @@ rows have an all-False word mask), so a whole dataset compiles one program per b
 
 Arrays (as the model expects them): `input_ids` int32 (B, N), `attention_mask` int32 (B, N),
 `word_index` int32 (B, N) (local word per token, -1 for [CLS]/[SEP]/padding), `word_mask` bool
-(B, L), and with labels `labels` uint8 (B, L, 2w+1, R). Host-side metadata (which segment each
+(B, L), and with labels either `labels` uint8 (B, L, 2w+1, R) (label_format "dense", the
+reference) or `label_spans` int32 (B, C, 3) (label_format "spans": a few KB, the dense targets are
+built on the device, see `label_spans`; C is fixed per bucket). Host-side metadata (which segment each
 row is) lives in `Batch.segments`, never in the arrays.
 
 `BatchIterator` shuffles with a seed per epoch, yields each host its slice of every global batch
@@ -20,6 +22,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from sener_jax.data.bucket_plan import BucketPlan
+from sener_jax.data.label_spans import pack_spans, representable_count, round_capacity, row_spans
 from sener_jax.data.labels import band_labels, is_representable
 from sener_jax.data.masking import whole_word_mask
 from sener_jax.data.segment import Segment
@@ -67,11 +71,13 @@ def collate(
     window: int | None = None,
     label_to_id: Mapping[str, int] | None = None,
     num_types: int | None = None,
+    label_capacity: int | None = None,
 ) -> Batch:
     """Pad `segments` (None = an empty padding row) into one batch of shape (len, n_tokens / n_words).
 
     Labels are built when `label_to_id` is given (entities longer than window + 1 words are left
-    out: they cannot be represented; `coverage` reports them).
+    out: they cannot be represented; `coverage` reports them): dense `labels`, or with
+    `label_capacity` sparse `label_spans` of that capacity per row.
     """
     rows = len(segments)
     input_ids = np.full((rows, n_tokens), pad_id, dtype=np.int32)
@@ -84,7 +90,10 @@ def collate(
             raise ValueError("window is required to build labels")
         if num_types is None:
             num_types = max(label_to_id.values(), default=-1) + 1
-        labels = np.zeros((rows, n_words, 2 * window + 1, num_types), dtype=np.uint8)
+        if label_capacity is None:
+            labels = np.zeros((rows, n_words, 2 * window + 1, num_types), dtype=np.uint8)
+        else:
+            spans: list = [None] * rows
     for b, seg in enumerate(segments):
         if seg is None:
             continue
@@ -95,7 +104,9 @@ def collate(
         attention_mask[b, :t] = 1
         word_index[b, :t] = seg.token_word
         word_mask[b, :w] = True
-        if with_labels:
+        if with_labels and label_capacity is not None:
+            spans[b] = row_spans(seg.entities, w, window, label_to_id, num_types)
+        elif with_labels:
             band_labels(seg.entities, w, window, label_to_id, num_types=num_types,
                         skip_unrepresentable=True, out=labels[b, :w])
     arrays = {
@@ -104,7 +115,9 @@ def collate(
         "word_index": word_index,
         "word_mask": word_mask,
     }
-    if with_labels:
+    if with_labels and label_capacity is not None:
+        arrays["label_spans"] = pack_spans(spans, label_capacity, [s and s.doc_id for s in segments])
+    elif with_labels:
         arrays["labels"] = labels
     return Batch(arrays, list(segments))
 
@@ -126,7 +139,9 @@ class BatchIterator:
     within each bucket, cut into global batches of `batch_size`, the batches shuffled. The
     iterator's position is `state() = {"epoch", "position", "seed"}`; `restore(state)` on a
     fresh iterator over the same segments continues exactly (masking included, which is seeded
-    by the position too). `num_epochs=None` repeats forever.
+    by the position too). `num_epochs=None` repeats forever. `label_format`: "dense" (the host
+    reference) or "spans" (capacity per bucket: the most representable entities of any of its
+    segments, rounded up, so it is fixed for the whole run).
     """
 
     def __init__(
@@ -145,7 +160,11 @@ class BatchIterator:
         masking: MaskingConfig | None = None,
         process_index: int = 0,
         process_count: int = 1,
+        label_format: str = "dense",
+        bucket_plan: BucketPlan | None = None,
     ) -> None:
+        if label_format not in ("dense", "spans"):
+            raise ValueError(f"label_format must be 'dense' or 'spans', got {label_format!r}")
         if batch_size < 1 or batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
         if not 0 <= process_index < process_count:
@@ -164,13 +183,23 @@ class BatchIterator:
         self.masking = masking
         self.process_index = process_index
         self.process_count = process_count
+        self.label_format = label_format
+        self.bucket_plan = bucket_plan
         self.epoch = 0
         self.position = 0
         self._plan_cache: tuple[int, list] | None = None
-        self._keys = [
-            (bucket_for(s.n_tokens, self.token_buckets), bucket_for(max(s.n_words, 1), self.word_buckets))
-            for s in self.segments
-        ]
+        if bucket_plan is not None:  # shapes chosen from the data (`bucket_plan`), else the fixed buckets
+            self._keys = [bucket_plan.shape_for(s.n_tokens, max(s.n_words, 1)) for s in self.segments]
+        else:
+            self._keys = [
+                (bucket_for(s.n_tokens, self.token_buckets), bucket_for(max(s.n_words, 1), self.word_buckets))
+                for s in self.segments
+            ]
+        self.label_capacity: dict[tuple[int, int], int] = {}
+        if label_format == "spans" and label_to_id is not None and window is not None:
+            for key, seg in zip(self._keys, self.segments):
+                count = round_capacity(representable_count(seg, window))
+                self.label_capacity[key] = max(self.label_capacity.get(key, 0), count)
         if label_to_id is not None and window is not None:
             too_long = sum(not is_representable(e.start, e.end, window) for s in self.segments for e in s.entities)
             if too_long:
@@ -222,7 +251,8 @@ class BatchIterator:
             self.segments, self.batch_size, self.pad_id, self.token_buckets, self.word_buckets,
             window=self.window, label_to_id=self.label_to_id, num_types=self.num_types,
             shuffle=self.shuffle, seed=self.seed, num_epochs=self.num_epochs, masking=self.masking,
-            process_index=process_index, process_count=process_count,
+            process_index=process_index, process_count=process_count, label_format=self.label_format,
+            bucket_plan=self.bucket_plan,
         )
         clone.restore(self.state())
         return clone
@@ -246,7 +276,8 @@ class BatchIterator:
         rows += [None] * (self.batch_size - len(rows))
         per_host = self.batch_size // self.process_count
         rows = rows[self.process_index * per_host : (self.process_index + 1) * per_host]
-        batch = collate(rows, n_tokens, n_words, self.pad_id, self.window, self.label_to_id, self.num_types)
+        batch = collate(rows, n_tokens, n_words, self.pad_id, self.window, self.label_to_id, self.num_types,
+                        label_capacity=self.label_capacity.get((n_tokens, n_words)))
         if self.masking is not None:
             rng = np.random.default_rng([self.seed, self.epoch, self.position, self.process_index, 1])
             m = self.masking
@@ -262,7 +293,8 @@ def make_batches(segments: Sequence[Segment], batch_size: int, pad_id: int, toke
                  word_buckets: Sequence[int], **labelling) -> list[Batch]:
     """All batches of one unshuffled pass (evaluation / prediction order: by bucket, then input order).
 
-    `labelling`: `window`, `label_to_id`, `num_types` as for `BatchIterator` (omit for unlabelled input).
+    `labelling`: `window`, `label_to_id`, `num_types`, `label_format`, `bucket_plan` as for
+    `BatchIterator` (omit the label ones for unlabelled input).
     """
     return list(BatchIterator(segments, batch_size, pad_id, token_buckets, word_buckets,
                               shuffle=False, num_epochs=1, **labelling))

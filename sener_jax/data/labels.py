@@ -19,7 +19,7 @@ def is_representable(start: int, end: int, window: int) -> bool:
     return end - 1 - start <= window
 
 
-def _type_id(label, label_to_id: Mapping[str, int]) -> int:
+def label_type_id(label, label_to_id: Mapping[str, int]) -> int:
     if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
         return int(label)
     try:
@@ -62,7 +62,7 @@ def band_labels(
             raise ValueError(
                 f"entity {tuple(entity)!r} spans {end - start} words, more than window + 1 = {window + 1}"
             )
-        r = _type_id(label, label_to_id)
+        r = label_type_id(label, label_to_id)
         if not 0 <= r < num_types:
             raise ValueError(f"type id {r} of entity {tuple(entity)!r} is outside [0, {num_types})")
         for row, column in span_cells(start, end - 1, window):  # the span and its mirrored cell
