@@ -146,6 +146,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.train.adam_eps = 1e-8
     config.train.log_every_steps = 10
     config.train.checkpoint_every_steps = 0  # 0: at the end of every epoch only
+    # NaN/inf loss or gradient norm (detected on the device every step, checked at log/checkpoint/
+    # epoch boundaries): "stop" = error naming the step, no save, no export; "skip" = the update
+    # is skipped on the device, stopping after max_consecutive_nonfinite skipped steps in a row.
+    config.train.nonfinite = "stop"
+    config.train.max_consecutive_nonfinite = 10
+    # Multi-host: processes agree on a stop signal (SIGTERM/SIGUSR1) every this many steps.
+    config.train.signal_sync_every_steps = 10
     config.train.eval_every_epochs = 1
     config.train.export = True  # write WORKDIR/export from the best checkpoint at the end
     config.train.batching = "buckets"  # "buckets" (length buckets) | "random" (theirs)

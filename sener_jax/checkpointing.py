@@ -4,7 +4,7 @@ The JSON record holds what is needed to resume exactly: the data-iterator positi
 within the epoch), the early-stopping state and a fingerprint of the model/optimizer setup.
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed
 while saving leaves the previous checkpoint intact. Once the save is final, the primary process
-writes a SHA-256 manifest of the step's files (`checkpoint_manifest`): it is the commit marker (a
+writes a SHA-256 manifest of the step's files (`sener_jax.manifest`, kind "checkpoint"): it is the commit marker (a
 step without one is skipped with a warning, the previous step is used) and restoring checks every
 file against it (`CorruptCheckpointError` names the file). Restoring checks the fingerprint first
 (`IncompatibleCheckpointError` names the differing fields) and turns any failure to read the
@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from sener_jax import checkpoint_manifest
+from sener_jax import manifest
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,15 @@ class CorruptCheckpointError(CheckpointError):
 
 class IncompatibleCheckpointError(CheckpointError):
     pass
+
+
+MANIFEST_KIND = "checkpoint"
+# Fingerprint fields older runs wrote that no longer have to match: total_steps (a run may be extended).
+RETIRED_FINGERPRINT_FIELDS = ("total_steps",)
+
+
+def has_manifest(step_dir: pathlib.Path) -> bool:
+    return manifest.read_manifest(step_dir) is not None
 
 
 def _fingerprint_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -82,12 +91,12 @@ class RunCheckpoints:
         step, self._pending = self._pending, None
         self.manager.wait_until_finished()
         if jax.process_index() == 0:
-            checkpoint_manifest.write_manifest(self.directory / str(step))
+            manifest.write_manifest(self.directory / str(step), kind=MANIFEST_KIND)
         if jax.process_count() > 1:
             # No process may look for the manifest (e.g. restore right away) before it exists.
             ocp.multihost.sync_global_processes(f"sener_checkpoint_manifest_{step}")
         committed = [s for s in sorted(self.manager.all_steps(), reverse=True)
-                     if checkpoint_manifest.has_manifest(self.directory / str(s))]
+                     if has_manifest(self.directory / str(s))]
         for old in committed[self.max_to_keep:]:
             self.manager.delete(old)
             self._verified.discard(old)
@@ -96,11 +105,11 @@ class RunCheckpoints:
         """The newest step whose manifest was written (a newer step without one is skipped, with a warning)."""
         self.wait()
         for step in sorted(self.manager.all_steps(), reverse=True):
-            if checkpoint_manifest.has_manifest(self.directory / str(step)):
+            if has_manifest(self.directory / str(step)):
                 return step
             logger.warning(
                 "checkpoint %s has no manifest (%s): its save did not finish; using an earlier step",
-                self.directory / str(step), checkpoint_manifest.MANIFEST_NAME,
+                self.directory / str(step), manifest.MANIFEST_NAME,
             )
         return None
 
@@ -126,12 +135,13 @@ class RunCheckpoints:
         if step in self._verified:
             return
         step_dir = self.directory / str(step)
-        problems = checkpoint_manifest.manifest_problems(step_dir)
-        if problems:
+        try:
+            manifest.verify_manifest(step_dir, kind=MANIFEST_KIND)
+        except manifest.ManifestError as error:
             raise CorruptCheckpointError(
-                f"checkpoint {step_dir} (step {step}) is corrupt or incomplete: {'; '.join(problems)}. "
-                f"Delete {step_dir} to fall back to an earlier checkpoint."
-            )
+                f"checkpoint {step_dir} (step {step}) is corrupt or incomplete (checked against its manifest): "
+                f"{error}. Delete {step_dir} to fall back to an earlier checkpoint."
+            ) from error
         self._verified.add(step)
 
     def read_record(self, step: int) -> dict:
@@ -150,7 +160,10 @@ class RunCheckpoints:
     def restore(self, step: int, abstract_state, fingerprint: dict) -> tuple[Any, dict]:
         """(state, record) of `step`; `abstract_state` gives the structure, shapes and shardings."""
         record = self.read_record(step)
-        differences = _fingerprint_differences(record.get("fingerprint"), fingerprint)
+        saved = record.get("fingerprint")
+        if isinstance(saved, dict):
+            saved = {k: v for k, v in saved.items() if k not in RETIRED_FINGERPRINT_FIELDS}
+        differences = _fingerprint_differences(saved, fingerprint)
         if differences:
             shown = "; ".join(differences[:5]) + (f"; ... ({len(differences)} in all)" if len(differences) > 5 else "")
             raise IncompatibleCheckpointError(

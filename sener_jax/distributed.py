@@ -191,3 +191,13 @@ def primary_first(fn):
     result = fn() if is_primary() else None
     multihost_utils.sync_global_devices("sener_jax.primary_first")
     return result if is_primary() else fn()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on at least one (a collective: every process must
+    call it at the same point, e.g. the same step). One process: `flag` itself, no communication."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))))

@@ -8,13 +8,16 @@ from sener_jax import distributed, metrics
 from sener_jax.models.sener import SenerConfig
 from sener_jax.predict import InferenceSettings, predict_documents
 from sener_jax.run_setup import RunSetup
+from sener_jax.train_guard import require_finite
 
 
 def evaluate_split(
     logits_fn, params, documents, tokenizer, labels, settings: InferenceSettings, model_config: SenerConfig,
     *, batch_size: int, split: str, max_buckets: int = 0,
 ) -> dict:
-    """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9)."""
+    """Document-level micro and per-type P/R/F1 on `documents` (gold: every entity, SPEC section 9).
+    NonFiniteParamsError for params with NaN/inf (all-NaN logits would decode to F1 0, not an error)."""
+    require_finite(params, f"to evaluate on {split}")
     predicted = predict_documents(
         logits_fn, params, documents, tokenizer, labels, settings,
         window=model_config.head.band_half_width, batch_size=batch_size, progress=f"eval {split}",

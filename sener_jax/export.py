@@ -31,6 +31,7 @@ from sener_jax.data.bucket_plan import BucketPlan, plan_buckets
 from sener_jax.models.lora import merge_lora
 from sener_jax.models.sener import SenerConfig, init_params
 from sener_jax.output_dir import staged_directory
+from sener_jax.train_guard import require_finite
 
 FORMAT_VERSION = 1
 MANIFEST_KIND = "export"
@@ -95,13 +96,14 @@ def export_model(
     labels: Sequence[str],
     settings: InferenceSettings,
     *,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> pathlib.Path:
     """Writes the export directory and returns its path.
 
-    An existing export is replaced (atomically) only with `overwrite` (default True: the training
-    run re-exports WORKDIR/export; the command lines default to False); a non-empty directory that
-    is not an export is always refused (`sener_jax.output_dir`).
+    An existing export is replaced (atomically) only with `overwrite` (the training run and
+    `--mode=export` pass True for their own WORKDIR/export); a non-empty directory that is not an
+    export is always refused (`sener_jax.output_dir`). Params with NaN/inf are refused
+    (`NonFiniteParamsError` naming the leaf) before anything is written.
     """
     export_dir = pathlib.Path(export_dir).absolute()
     labels = list(labels)
@@ -109,6 +111,7 @@ def export_model(
         raise ValueError(f"export_model: {len(labels)} labels for a head with num_types={model_config.head.num_types}")
     config, merged = merged_model(model_config, params)
     host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), merged)
+    require_finite(host_params, f"to export to {export_dir}")
     with staged_directory(export_dir, kind=MANIFEST_KIND, overwrite=overwrite) as staging:
         # Only the calling process writes the export (process 0 of a multi-host run): without this,
         # Orbax would wait at a barrier for the other processes, which never call it.

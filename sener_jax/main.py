@@ -8,6 +8,8 @@ no data, weights or workdir needed: `--plan_lengths=1024,5120 --plan_batch=2 --p
 Multi-host: see sener_jax/distributed.py (SENER_COORDINATOR / SENER_NUM_PROCESSES / SENER_PROCESS_ID
 or SLURM) and launch/.
 Any config value can be overridden: `--config.train.lr_head=1e-3`.
+Exit status: 0 done; 1 error (NaN/inf training: the message names the step); 75 (EX_TEMPFAIL)
+stopped by SIGTERM/SIGINT/SIGUSR1 after writing a checkpoint: rerun the same command to resume.
 """
 from __future__ import annotations
 
@@ -55,7 +57,16 @@ def main(argv):
     if distributed.initialize(config) and not distributed.is_primary():
         logging.getLogger("sener_jax").setLevel(logging.WARNING)  # progress is logged by process 0 only
 
-    modes.run_mode(_MODE.value, config, _WORKDIR.value)
+    from sener_jax import train_guard
+
+    try:
+        modes.run_mode(_MODE.value, config, _WORKDIR.value)
+    except train_guard.Preempted as stop:
+        # A checkpoint of the current step is complete: rerunning the same command resumes exactly.
+        logging.getLogger("sener_jax").warning("%s; exit status %d", stop, train_guard.EXIT_PREEMPTED)
+        raise SystemExit(train_guard.EXIT_PREEMPTED) from None
+    except (train_guard.NonFiniteTrainingError, train_guard.NonFiniteParamsError) as error:
+        raise SystemExit(f"error: {error}") from None  # exit status 1, the message on stderr
 
 
 if __name__ == "__main__":

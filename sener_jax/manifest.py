@@ -1,4 +1,4 @@
-"""Checksum manifests for directories we write (exports, converted encoders; reusable for checkpoints).
+"""Checksum manifests for directories we write (exports, converted encoders, checkpoint steps).
 
     write_manifest(directory, files)   # LAST, after every data file is written and closed
     verify_manifest(directory)         # raises ManifestError naming the first bad file
@@ -74,6 +74,11 @@ def write_manifest(directory: str | os.PathLike, files: Iterable[str] | None = N
         handle.flush()
         os.fsync(handle.fileno())  # the data files are on disk before the marker that says so
     os.replace(staging, root / MANIFEST_NAME)
+    descriptor = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # the rename itself must survive a power loss (checkpoints rely on it)
+    finally:
+        os.close(descriptor)
     return manifest_digest(root)
 
 

@@ -271,7 +271,8 @@ def analytic_memory(setup: _Setup, mode: str) -> dict[str, int]:
     trainable, frozen, state = setup.state["trainable"], setup.frozen, setup.state
     parts = {"params": _bytes(trainable) + _bytes(frozen)}
     if mode == "train":
-        parts["optimizer"] = _bytes(state["opt_state"]) + _bytes({"step": state["step"], "rng": state["rng"]})
+        # Everything in the state besides the params: optimizer state, step, rng, health counters.
+        parts["optimizer"] = _bytes({k: v for k, v in state.items() if k != "trainable"})
         parts["batch"] = _bytes(setup.batch)
         step = train_step.make_train_step(setup.model_config, setup.optimizer, _one_device_mesh())
         jaxpr = jax.make_jaxpr(step)(setup.state, setup.frozen, setup.batch).jaxpr

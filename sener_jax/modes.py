@@ -5,6 +5,7 @@ the model (main.py imports this module only once it knows it needs it).
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import jax
@@ -22,14 +23,21 @@ from sener_jax.run_setup import RunSetup, prepare_run, restore_best_trainable
 from sener_jax.train import train_and_evaluate
 from sener_jax.train_step import initial_params, replicate
 
+logger = logging.getLogger(__name__)
+
 
 def restore_best_params(run: RunSetup):
     """The full params of the run's best checkpoint (frozen weights re-read from their source)."""
     best = checkpointing.RunCheckpoints(run.workdir / "checkpoints" / "best")
     if best.latest_step() is None:
         raise FileNotFoundError(f"no best checkpoint under {best.directory}: train first (--mode=train)")
-    params = initial_params(run.config, run.model_config, jax.random.split(jax.random.PRNGKey(run.config.seed))[0])
-    trainable, frozen = optim.split_trainable(params, run.config.train.finetune)
+    config = run.config
+    params = initial_params(config, run.model_config, jax.random.split(jax.random.PRNGKey(config.seed))[0],
+                            training=False)
+    trainable, frozen = optim.split_trainable(params, config.train.finetune)
+    if jax.tree.leaves(frozen):
+        source = config.model.pretrained or f"a random initialisation from seed {config.seed}, as in training"
+        logger.info("frozen weights (not in the checkpoint; finetune=%r): %s", config.train.finetune, source)
     frozen = replicate(frozen, run.mesh)
     trainable = restore_best_trainable(best, run, trainable)
     best.close()
@@ -45,7 +53,9 @@ def evaluate_checkpoint(config, workdir) -> dict:
 def export_checkpoint(config, workdir) -> pathlib.Path:
     run = prepare_run(config, workdir)
     params = restore_best_params(run)
-    return export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels, run.settings)
+    # Our own WORKDIR/export, rewritten from the best checkpoint: replace it.
+    return export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels,
+                        run.settings, overwrite=True)
 
 
 def predict_mode(config, workdir) -> tuple[int, pathlib.Path, pathlib.Path]:

@@ -62,8 +62,13 @@ class RunSetup:
             "pretrained": self.config.model.pretrained,
             "seed": self.config.seed,
             "batch_size": self.config.train.batch_size,
-            "total_steps": self.total_steps,
+            # Not total_steps: a run may be extended (more epochs); `schedule_record` tells the
+            # resumed run how long its learning-rate schedule was.
         }
+
+    @property
+    def schedule_record(self) -> dict:
+        return {"total_steps": self.total_steps, "total_updates": self.total_updates}
 
 
 def split_bucket_plan(segments, max_buckets: int, settings: InferenceSettings, split: str) -> BucketPlan | None:
@@ -133,5 +138,5 @@ def restore_best_trainable(best: checkpointing.RunCheckpoints, run: RunSetup, li
     """The trainable params of the best checkpoint, in the structure of `like`, replicated on the run's mesh."""
     step = best.latest_step()
     restored, _ = best.restore(step, abstract_replicated({"trainable": like}, run.mesh), run.fingerprint)
-    logger.info("using the best checkpoint: step %d", step)
+    logger.info("loaded the trained params of the best checkpoint: step %d, %s", step, best.directory / str(step))
     return restored["trainable"]

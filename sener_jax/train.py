@@ -19,7 +19,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from sener_jax import checkpointing, distributed, optim
+from sener_jax import checkpointing, distributed, optim, train_guard
 from sener_jax.compile_cache import enable_compilation_cache
 from sener_jax.evaluate import eval_batch_size, evaluate_and_write, evaluate_split
 from sener_jax.export import export_model
@@ -85,7 +85,8 @@ class LossWindow:
 
 
 def checkpoint_record(run: RunSetup, loop: LoopState) -> dict:
-    return {"iterator": run.train_iterator.state(), "loop": loop.to_dict(), "fingerprint": run.fingerprint}
+    return {"iterator": run.train_iterator.state(), "loop": loop.to_dict(), "fingerprint": run.fingerprint,
+            "schedule": run.schedule_record}
 
 
 def restore_latest(run: RunSetup, latest: checkpointing.RunCheckpoints, state) -> tuple[Any, LoopState]:
@@ -97,6 +98,13 @@ def restore_latest(run: RunSetup, latest: checkpointing.RunCheckpoints, state) -
     state, record = latest.restore(step, abstract_replicated(state, run.mesh), run.fingerprint)
     run.train_iterator.restore(record["iterator"])
     logger.info("resumed from %s at step %d (iterator %s)", latest.directory / str(step), step, record["iterator"])
+    saved_updates = record.get("schedule", {}).get("total_updates")
+    if saved_updates is not None and saved_updates != run.total_updates:
+        # The optimizer's schedules take their length at construction: from here on the learning
+        # rates follow the new length, at the saved update count.
+        logger.warning("the learning-rate schedule length changed from %d to %d updates (train.num_epochs / "
+                       "max_steps); it continues from update %d", saved_updates, run.total_updates,
+                       step // run.config.train.grad_accum_steps)
     return state, LoopState.from_dict(record["loop"])
 
 
@@ -123,6 +131,7 @@ def local_params(ctx: LoopContext, trainable):
 def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int, timer=None) -> None:
     """Dev evaluation when due (best checkpoint, early stopping), then the latest checkpoint."""
     run, tconf = ctx.run, ctx.run.config.train
+    check_health(ctx, state, step)  # before the dev F1 can mark it best, before it is saved
     timer = timer or EpochTimer()
     timer.phase("eval")
     loop.epochs_done = epoch + 1
@@ -153,32 +162,72 @@ def end_of_epoch(ctx: LoopContext, loop: LoopState, state, epoch: int, step: int
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     """Trains (resuming from WORKDIR/checkpoints when present), evaluates, exports.
 
-    Returns {"dev": results, "test": results} for the splits that exist (best checkpoint).
+    Returns {"dev": results, "test": results} for the splits that exist (best checkpoint). Raises
+    `train_guard.Preempted` after checkpointing on SIGTERM/SIGINT/SIGUSR1 and
+    `train_guard.NonFiniteTrainingError` (nothing saved or exported) on NaN/inf steps.
     """
     enable_compilation_cache(config.train.get("compilation_cache_dir", ""))
     run = prepare_run(config, workdir)
     iterator, tconf = run.train_iterator, config.train
     if iterator is None:
         raise ValueError(f"data {config.data.name!r}: no training documents (set data.train_path or data.single_file)")
-    steps_per_epoch = len(iterator)
     logger.info("%d devices; %d train segments; %d steps (%d per epoch); labels %s",
-                run.mesh.devices.size, len(iterator.segments), run.total_steps, steps_per_epoch, run.data.labels)
+                run.mesh.devices.size, len(iterator.segments), run.total_steps, len(iterator), run.data.labels)
     state, frozen, optimizer = create_train_state(config, run.model_config, run.total_updates,
                                                   jax.random.PRNGKey(config.seed))
     state, frozen = replicate(state, run.mesh), replicate(frozen, run.mesh)
     latest = checkpointing.RunCheckpoints(run.workdir / "checkpoints" / "latest")
     best = checkpointing.RunCheckpoints(run.workdir / "checkpoints" / "best")
-    state, loop = restore_latest(run, latest, state)
-    # After the restore: the prefetch thread starts from the resumed position (`Prefetcher.state()`
-    # is what checkpoints record: the next batch to train on).
-    run.train_iterator = iterator = Prefetcher(iterator, lambda b: device_batch(b, run.mesh), depth=2)
-    train_step = make_train_step(run.model_config, optimizer, run.mesh)
     # Multi-host: every process evaluates on its own devices (same documents, same result); only
     # process 0 writes TensorBoard, evaluation files and the export.
     logits_fn = make_logits_fn(run.model_config, distributed.local_mesh(run.mesh))
     writer = SummaryWriter(str(run.workdir / "tensorboard")) if distributed.is_primary() else distributed.NullWriter()
     ctx = LoopContext(run, frozen, logits_fn, writer, latest, best, optim.trained_groups(state["trainable"], tconf.finetune))
+    try:
+        state, loop = restore_latest(run, latest, state)
+        # After the restore: the prefetch thread starts from the resumed position (`Prefetcher.state()`
+        # is what checkpoints record: the next batch to train on).
+        run.train_iterator = Prefetcher(iterator, lambda b: device_batch(b, run.mesh), depth=2)
+        with train_guard.StopSignals() as signals:
+            state = run_steps(ctx, state, loop, make_train_step(run.model_config, optimizer, run.mesh), signals)
+        run.train_iterator.close()
+        writer.flush()
+        results = evaluate_best_and_export(run, state["trainable"] if best.latest_step() is None else None, frozen,
+                                           best, logits_fn)
+        for split, res in results.items():
+            writer.add_scalar(f"final_{split}/f1", res["micro"]["f1"], int(state["step"]))
+    finally:
+        if isinstance(run.train_iterator, Prefetcher):
+            run.train_iterator.close()  # the prefetch thread, also after a stop or an error
+        writer.close()
+        latest.close()
+        best.close()
+    return results
 
+
+def check_health(ctx: LoopContext, state, step: int) -> None:
+    """The step's non-finite counters against train.nonfinite (a host read of 4 scalars: called only
+    where the loop syncs anyway: logging, checkpoints, epoch ends)."""
+    def hint() -> str:  # only on error: it lists the checkpoint directory
+        saved = ctx.latest.latest_step()
+        return f"the last good checkpoint is {ctx.latest.directory / str(saved)}" if saved is not None else "no checkpoint"
+
+    train_guard.check_health(distributed.replicated_to_host(state["health"]), ctx.run.config.train, step, hint)
+
+
+def stop_requested(ctx: LoopContext, signals: train_guard.StopSignals, step: int) -> bool:
+    """Whether every process stops after `step`: one process checks its flag every step (free);
+    several agree every train.signal_sync_every_steps steps (a small all-gather), so all stop at
+    the same step even when the signal reached only some of them."""
+    if jax.process_count() > 1 and step % max(1, ctx.run.config.train.get("signal_sync_every_steps", 10)):
+        return False
+    return distributed.any_process(signals.received is not None)
+
+
+def run_steps(ctx: LoopContext, state, loop: LoopState, train_step, signals: train_guard.StopSignals):
+    """The steps from the saved one to the last; returns the final state."""
+    run, tconf, iterator, latest = ctx.run, ctx.run.config.train, ctx.run.train_iterator, ctx.latest
+    steps_per_epoch = len(iterator)
     first_step = int(state["step"]) + 1
     if not loop.stopped and first_step <= run.total_steps and iterator.position >= steps_per_epoch:
         # Killed after an epoch's last batch but before its evaluation/checkpoint: end that epoch now.
@@ -195,30 +244,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             bar = tqdm(total=steps_per_epoch, initial=iterator.position, desc=f"epoch {epoch + 1}/{tconf.num_epochs}",
                        unit="step", disable=not distributed.is_primary())
         batch, arrays = next(iterator)
-        state, step_metrics = train_step(state, frozen, arrays)
+        state, step_metrics = train_step(state, ctx.frozen, arrays)
         window.add(step_metrics["loss"], batch)
         timer.completed(step_metrics["loss"], bar)  # the bar counts finished steps (bounded lag)
         if step % tconf.log_every_steps == 0 or step == run.total_steps:
             log_progress(ctx, window, step, bar)
+            check_health(ctx, state, step)
         epoch_over = iterator.position >= steps_per_epoch
         if tconf.checkpoint_every_steps and step % tconf.checkpoint_every_steps == 0 and not epoch_over:
+            check_health(ctx, state, step)
             latest.save(step, state, checkpoint_record(run, loop))
         if epoch_over or step == run.total_steps:
             timer.drain(bar)
             bar.close()
             bar = None
             end_of_epoch(ctx, loop, state, epoch, step, timer)
-    iterator.close()
-    writer.flush()
-
-    results = evaluate_best_and_export(run, state["trainable"] if best.latest_step() is None else None, frozen, best,
-                                       logits_fn)
-    for split, res in results.items():
-        writer.add_scalar(f"final_{split}/f1", res["micro"]["f1"], int(state["step"]))
-    writer.close()
-    latest.close()
-    best.close()
-    return results
+        if stop_requested(ctx, signals, step):
+            if latest.latest_step() != step:
+                check_health(ctx, state, step)
+                latest.save(step, state, checkpoint_record(run, loop))
+            latest.wait()  # the asynchronous save finished and its manifest written before we stop
+            ctx.writer.flush()
+            raise train_guard.Preempted(signals.received or "a stop signal (on another process)", step,
+                                        latest.directory / str(step))
+    return state
 
 
 def evaluate_best_and_export(run: RunSetup, trainable, frozen, best: checkpointing.RunCheckpoints, logits_fn) -> dict:
@@ -231,8 +280,11 @@ def evaluate_best_and_export(run: RunSetup, trainable, frozen, best: checkpointi
         )
         trainable = restore_best_trainable(best, run, like)
     params = distributed.to_local(optim.merge_params(trainable, frozen), distributed.local_mesh(run.mesh))
+    train_guard.require_finite(params, "to evaluate or export the final model")
     results = evaluate_and_write(run, logits_fn, params)
     if config.train.export and distributed.is_primary():
-        path = export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels, run.settings)
+        # Our own WORKDIR/export, re-exported by every run in this workdir: replace it.
+        path = export_model(run.workdir / "export", run.model_config, params, run.data.tokenizer, run.data.labels,
+                            run.settings, overwrite=True)
         logger.info("exported the model to %s", path)
     return results

@@ -69,10 +69,15 @@ def model_config_from(config: ml_collections.ConfigDict, vocab_size: int, num_ty
     return SenerConfig(encoder=encoder, head=head, pool_impl=config.model.pool_impl)
 
 
-def initial_params(config, model_config: SenerConfig, rng: jax.Array) -> dict:
-    """Random params, with the encoder replaced by the pretrained one when configured."""
+def initial_params(config, model_config: SenerConfig, rng: jax.Array, *, training: bool = True) -> dict:
+    """Random params, with the encoder replaced by the pretrained one when configured.
+
+    `training=False` (the skeleton a checkpoint is restored into) logs no "RANDOM weights"
+    warning: the caller says what it loads instead."""
     params = init_params(model_config, rng)
     if not config.model.pretrained:
+        if not training:
+            return params
         logger.warning(
             "model.pretrained is empty: the encoder starts from RANDOM weights (fine for the demo and "
             "tests; set --config.model.pretrained=microsoft/deberta-v3-large or a directory for real runs)"
@@ -92,8 +97,29 @@ def _train_state(config, params: dict, total_updates: int, rng: jax.Array):
         "trainable": trainable,
         "opt_state": optimizer.init(trainable),
         "rng": rng,
+        "health": initial_health(),
     }
     return state, frozen, optimizer
+
+
+def initial_health() -> dict:
+    """Device-side counters of non-finite steps, updated inside the jitted step (no host sync):
+    total skipped steps, the current and the longest run of consecutive ones, and the first such
+    step (-1: none). The loop reads them only where it fetches values anyway (`train_health`)."""
+    # One array per field: the state is donated, and one buffer donated twice is an error.
+    return {name: jnp.full((), value, jnp.int32)
+            for name, value in (("nonfinite_steps", 0), ("consecutive", 0), ("longest_run", 0), ("first_step", -1))}
+
+
+def next_health(health: dict, finite, step) -> dict:
+    bad = jnp.logical_not(finite).astype(jnp.int32)
+    consecutive = (health["consecutive"] + 1) * bad
+    return {
+        "nonfinite_steps": health["nonfinite_steps"] + bad,
+        "consecutive": consecutive,
+        "longest_run": jnp.maximum(health["longest_run"], consecutive),
+        "first_step": jnp.where((health["first_step"] < 0) & (bad > 0), step, health["first_step"]),
+    }
 
 
 def create_train_state(config, model_config: SenerConfig, total_updates: int, rng: jax.Array):
@@ -193,7 +219,7 @@ def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, d
 
 
 def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *, deterministic: bool = False):
-    """The training step: one jitted function (state, frozen, batch) -> (state, {"loss", "grad_norm"}).
+    """The training step: one jitted function (state, frozen, batch) -> (state, {"loss", "grad_norm", "finite"}).
 
     Inside, a shard_map over the "data" axis computes each device's share of the loss, normalised
     by the global number of real rows, and its gradient; the optimizer update then runs on the
@@ -224,14 +250,23 @@ def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransfor
 
     def step(state, frozen, batch):
         loss, grads = sharded(state["trainable"], frozen, batch, state["rng"], state["step"])
+        grad_norm = optax.tree.norm(grads)
+        # A non-finite loss or gradient skips the update ON THE DEVICE (params and optimizer state
+        # kept, as optax.apply_if_finite does; that one checks only the gradient and applies the
+        # update anyway after too many in a row) and is counted in state["health"]: the state never
+        # holds NaN, and the loop decides (train.nonfinite) when it next reads the counters.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         new_state = {
             "step": state["step"] + 1,
-            "trainable": optax.apply_updates(state["trainable"], updates),
-            "opt_state": opt_state,
+            "trainable": keep(trainable, state["trainable"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
             "rng": state["rng"],
+            "health": next_health(state["health"], finite, state["step"] + 1),
         }
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     return jax.jit(step, donate_argnums=(0,))
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sener_jax import checkpoint_manifest, checkpointing
+from sener_jax import checkpointing, manifest
 
 FINGERPRINT = {"model": "tiny"}
 
@@ -33,10 +33,10 @@ def test_async_save_keeps_the_previous_step_until_the_new_one_is_committed(tmp_p
     checkpoints.save(2, _state(2), {"fingerprint": FINGERPRINT, "step": 2})  # waits for 1, then starts 2
     # Step 2 is in flight (or done, but not waited for): step 1 is committed and still on disk, so a
     # kill now resumes from it.
-    assert checkpoint_manifest.manifest_problems(checkpoints.directory / "1") == []
-    assert not checkpoint_manifest.has_manifest(checkpoints.directory / "2")
+    assert manifest.verify_manifest(checkpoints.directory / "1", kind="checkpoint")
+    assert manifest.read_manifest(checkpoints.directory / "2") is None
     assert checkpoints.latest_step() == 2  # a read waits: manifest written, step 1 removed (max_to_keep=1)
-    assert checkpoint_manifest.manifest_problems(checkpoints.directory / "2") == []
+    assert manifest.verify_manifest(checkpoints.directory / "2", kind="checkpoint")
     assert not (checkpoints.directory / "1").exists()
     checkpoints.close()
 
@@ -44,7 +44,7 @@ def test_async_save_keeps_the_previous_step_until_the_new_one_is_committed(tmp_p
 def test_every_step_has_a_manifest_and_restores(tmp_path):
     checkpoints = _saved(tmp_path)
     for step in (1, 2):
-        assert checkpoint_manifest.manifest_problems(checkpoints.directory / str(step)) == []
+        assert manifest.verify_manifest(checkpoints.directory / str(step), kind="checkpoint")["kind"] == "checkpoint"
     state, record = checkpoints.restore(2, _abstract(_state(0)), FINGERPRINT)
     assert record["step"] == 2 and np.all(np.asarray(state["w"]) == 2.0)
     checkpoints.close()
@@ -75,7 +75,7 @@ def test_flipped_bytes_in_an_array_file_are_an_error_naming_the_file(tmp_path):
 def test_a_step_without_manifest_is_incomplete_and_the_previous_one_is_used(tmp_path, caplog):
     checkpoints = _saved(tmp_path)
     checkpoints.close()
-    (checkpoints.directory / "2" / checkpoint_manifest.MANIFEST_NAME).unlink()
+    (checkpoints.directory / "2" / manifest.MANIFEST_NAME).unlink()
     resumed = checkpointing.RunCheckpoints(checkpoints.directory, max_to_keep=3)
     with caplog.at_level(logging.WARNING):
         step = resumed.latest_step()

@@ -18,7 +18,7 @@ from flax import traverse_util
 
 from configs import demo, profiling07, scholarxl, scirex
 from sener_jax import checkpointing, convert, modes, train, train_step
-from sener_jax.checkpoint_manifest import MANIFEST_NAME
+from sener_jax.manifest import MANIFEST_NAME
 from sener_jax.data import load_data
 from sener_jax.models.sener import init_params
 from sener_jax.run_setup import prepare_run

@@ -59,6 +59,22 @@ def write_synthetic_data(directory: pathlib.Path, synthetic: ml_collections.Conf
     return {**paths, "tokenizer": "synthetic"}
 
 
+def drop_empty_splits(splits: dict, sources: dict, eval_splits: tuple) -> dict:
+    """`splits` without the empty ones. An empty split that `eval.splits` asks for is an error naming
+    its file (an empty dev file used to mean, silently, no dev evaluation, no best checkpoint and no
+    early stopping); any other empty split is a loud warning."""
+    for split, documents in splits.items():
+        if documents:
+            continue
+        if split in eval_splits:
+            raise ValueError(f"the {split} split is empty: {sources.get(split)} holds no documents, and "
+                             f"eval.splits={eval_splits} needs it (fix the file, or drop {split!r} from eval.splits)")
+        consequence = (": no dev evaluation, no best checkpoint, no early stopping" if split == "dev" else "")
+        logger.warning("the %s split is EMPTY (%s holds no documents) and is ignored%s",
+                       split, sources.get(split), consequence)
+    return {k: v for k, v in splits.items() if v}
+
+
 def load_data(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> DataBundle:
     """Reads (or, for the synthetic demo, generates into WORKDIR/data) every configured split."""
     data = config.data
@@ -66,7 +82,9 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     if data.synthetic.get("enabled", False):
         paths = write_synthetic_data(pathlib.Path(workdir) / "data", data.synthetic)
     splits: dict[str, list[Document]] = {}
+    sources = {split: paths.get(split) for split in SPLITS}
     if data.single_file and not data.train_path:
+        sources = {split: f"{data.single_file} (its {split} share, data.split_fractions)" for split in SPLITS}
         documents = list(read_documents(data.single_file, format=data.format))
         splits = split_by_order(documents, data.split_fractions)
         logger.info(
@@ -81,7 +99,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     for split in ("dev", "test"):
         if split in splits:
             splits[split] = _limit(splits[split], data.max_eval_docs)
-    splits = {k: v for k, v in splits.items() if v}
+    splits = drop_empty_splits(splits, sources, tuple(config.eval.get("splits", ())))
     tokenizer = load_tokenizer(paths.get("tokenizer") or data.tokenizer)
     labels = label_set([d for docs in splits.values() for d in docs])
     if not labels:
