@@ -18,6 +18,7 @@ import os
 import pathlib
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from sener_jax import checkpoint_manifest
