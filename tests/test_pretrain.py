@@ -21,6 +21,7 @@ from sener_jax.data.synthetic import generate_documents
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig, init_encoder_params
 from sener_jax.models.mlm_head import init_mlm_head_params, mlm_logits
 from sener_jax.pretrain import ENCODER_DIR, LOG_FILE, pretrain
+from sener_jax.pretrain_step import encoder_config_of
 
 
 def write_corpus(directory: pathlib.Path, n_docs: int = 12) -> str:
@@ -95,8 +96,10 @@ def test_mlm_head_is_tied_to_the_word_embeddings():
     ids = jnp.array([[1, 7, 8, 9, 2, 0]], jnp.int32)
     mask = (ids > 0).astype(jnp.int32)
     positions = jnp.array([[1, 3]], jnp.int32)
-    logits = mlm_logits(config, params, ids, mask, positions)
-    hidden = np.asarray(DebertaEncoder(config).apply({"params": params["encoder"]}, ids, mask))[0, [1, 3]]
+    # jitted: op-by-op dispatch on 8 fake devices is far slower than compiling this tiny model
+    logits = jax.jit(lambda p: mlm_logits(config, p, ids, mask, positions))(params)
+    encode = jax.jit(lambda p: DebertaEncoder(config).apply({"params": p}, ids, mask))
+    hidden = np.asarray(encode(params["encoder"]))[0, [1, 3]]
     t = params["head"]["transform"]
     x = hidden @ np.asarray(t["dense"]["kernel"]) + np.asarray(t["dense"]["bias"])
     x = np.asarray(jax.nn.gelu(x, approximate=False))
@@ -141,6 +144,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     config = demo.get_config("tiny")
     config.model.pretrained = str(workdir / ENCODER_DIR)
     config.train.max_steps = 2
+    config.eval.splits = ("dev",)
     run_config = train_step.model_config_from(config, 626, 7)
     start = train_step.initial_params(config, run_config, jax.random.PRNGKey(0))
     flat_saved = traverse_util.flatten_dict(jax.device_get(saved))
@@ -149,6 +153,16 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     results = train.train_and_evaluate(config, tmp_path / "ft")
     assert "dev" in results and 0.0 <= results["dev"]["micro"]["f1"] <= 1.0
     assert (tmp_path / "ft" / "export").is_dir()
+
+
+def test_pretrain_config_variants():
+    default, large = pretrain_configs.get_config(), pretrain_configs.get_config("large")
+    assert default.model.encoder.hidden_size == 128 and default.model.encoder.lora_rank == 0
+    assert (default.pretrain.mask_probability, default.pretrain.mask_token, default.pretrain.random_token) == (0.15, 0.8, 0.1)
+    assert large.model.encoder.hidden_size == 1024 and large.model.encoder.num_hidden_layers == 24
+    assert large.model.pretrained == "microsoft/deberta-v3-large"
+    with pytest.raises(ValueError, match="unknown variant"):
+        pretrain_configs.get_config("huge")
 
 
 def test_killed_pretraining_resumes_to_the_same_encoder(pretrained, tmp_path):
@@ -163,3 +177,10 @@ def test_killed_pretraining_resumes_to_the_same_encoder(pretrained, tmp_path):
     _, second = convert.load_encoder(copy / ENCODER_DIR)
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_pretraining_refuses_lora():
+    config = pretrain_configs.get_config("tiny")
+    config.model.encoder.lora_rank = 4
+    with pytest.raises(ValueError, match="lora_rank=0"):
+        encoder_config_of(config, 626)
