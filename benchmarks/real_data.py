@@ -20,6 +20,7 @@ the pretraining loss curve, wall times) printed and written to WORKDIR/results.m
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import sys
 import time
@@ -117,6 +118,9 @@ def markdown(report: dict) -> str:
 
 def main(argv):
     del argv
+    # As sener_jax.main: our progress at INFO, libraries (Orbax logs every file) at WARNING.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("sener_jax").setLevel(logging.INFO)
     workdir = pathlib.Path(_WORKDIR.value).absolute()
     splits = {name: split_file(shared_path(name, "dev.json"), workdir / "splits" / name) for name in DATASETS}
     report = {"split_seed": SPLIT_SEED, "fractions": FRACTIONS, "pretrain": run_pretraining(workdir, splits),
