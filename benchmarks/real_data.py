@@ -84,7 +84,8 @@ def finetune_config(dataset: str, paths: dict, pretrained: str):
     config.model.head.update(dict(biaffine_dim=64, channels=16, num_blocks=0))
     config.data.update(dict(train_path=paths["train"], dev_path=paths["dev"], test_path=paths["test"],
                             tokenizer=small.data.tokenizer, max_tokens=_MAX_TOKENS.value, overlap_words=64,
-                            token_bucket_base=128, word_bucket_base=128))
+                            token_bucket_base=_MAX_TOKENS.value,
+                            word_bucket_base=_MAX_TOKENS.value))  # one bucket: one compiled program
     config.train.update(dict(finetune="full", lr_encoder=5e-4, lr_head=1e-3, batch_size=8,
                              num_epochs=_EPOCHS.value, patience=max(3, _EPOCHS.value // 4), log_every_steps=20))
     config.eval.splits = ("dev", "test")

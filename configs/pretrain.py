@@ -70,7 +70,9 @@ def get_config(arg=None):
     config.data.name = "pretrain"
     config.data.max_tokens = 512
     config.data.overlap_words = 0  # no entity has to fit in one segment: no overlap needed
-    config.data.token_bucket_base = 128
+    # One (512, 512) bucket: a single compiled step (long documents fill most segments anyway, and
+    # on a CPU each extra bucket costs a compile of a minute or more).
+    config.data.token_bucket_base = 512
     config.data.word_bucket_base = 512
     config.pretrain = pretrain_block()
     if arg == "tiny":
