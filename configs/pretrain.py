@@ -7,10 +7,13 @@ writes runs/pt/encoder; fine-tune from it with `--config.model.pretrained=runs/p
 
 Variants:
 - default (CPU-sized): 4 layers x 128 hidden, 4 heads, FFN 512, the DeBERTa-v3 tokenizer
-  (vocabulary 128,100), segments of <= 512 tokens, arrow window 64. About 17.2M parameters, of which
-  16.4M are the word embeddings (the vocabulary is fixed by the tokenizer fine-tuning uses); the 0.8M
-  transformer weights are what a 2-core CPU can train for a few thousand steps in an hour, and the
-  MLM logits are computed only at masked positions, so the 128k-way projection stays cheap.
+  (vocabulary 128,001 ids), segments of <= 512 tokens, arrow window 64. About 17.2M parameters, of
+  which 16.4M are the word embeddings (the vocabulary is fixed by the tokenizer fine-tuning uses) and
+  0.8M the transformer: the smallest encoder that still has several layers of arrow attention, so
+  that a CPU can pretrain it at all. The MLM logits are computed only at the masked positions (85 per
+  512-token row), yet that tied 128k-way projection and the Adam update of the embeddings dominate
+  the step: measured ~15 s per step (batch 16) on the 2-core development machine while shared with
+  other jobs (load 10-15), so the 3,000-step default is a multi-hour CPU run (idle: less).
 - `:tiny`: the synthetic tokenizer and a 2-layer x 64 encoder, 64-token segments: seconds (tests).
 - `:large`: DeBERTa-v3-large geometry (24 x 1024, 434M parameters) continuing from
   `microsoft/deberta-v3-large` on a GPU: 5,120-token segments as SciREX fine-tuning, bfloat16
