@@ -1,6 +1,7 @@
 """Command line: `python -m sener_jax.main --config=configs/demo.py --workdir=/tmp/demo [--mode=...]`.
 
-Modes: train (train, evaluate, export), eval (evaluate the best checkpoint), predict (JSON lines
+Modes: train (train, evaluate, export), pretrain (masked-LM training of the encoder on unlabelled
+text, writes WORKDIR/encoder for model.pretrained; configs/pretrain.py), eval (evaluate the best checkpoint), predict (JSON lines
 through the exported model), export (write WORKDIR/export from the best checkpoint), stats (dataset
 statistics and span coverage), config (print the resolved config and exit), plan (predicted peak
 memory per device for the config at several lengths, and the longest input that fits a budget;
@@ -19,7 +20,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "eval", "predict", "export", "stats", "config", "plan")
+MODES = ("train", "eval", "predict", "export", "pretrain", "stats", "config", "plan")
 
 # The default is found from the repository root, so `python -m sener_jax.main` works from any directory.
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")

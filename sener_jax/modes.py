@@ -1,4 +1,4 @@
-"""The modes of `python -m sener_jax.main` that need a workdir: train, eval, export, predict, stats.
+"""The modes of `python -m sener_jax.main` that need a workdir: train, eval, export, predict, pretrain, stats.
 
 Kept apart from main.py so that flag parsing, `--help` and `--mode=config` do not import JAX and
 the model (main.py imports this module only once it knows it needs it).
@@ -17,6 +17,7 @@ from sener_jax.evaluate import evaluate_and_write
 from sener_jax.export import export_model
 from sener_jax.export import load_export_labels
 from sener_jax.predict import make_logits_fn, predict_file
+from sener_jax.pretrain import pretrain
 from sener_jax.render import report_path_for, write_predictions_report
 
 from sener_jax.run_setup import RunSetup, prepare_run, restore_best_trainable
@@ -92,6 +93,8 @@ def run_mode(mode: str, config, workdir) -> None:
         print(export_checkpoint(config, workdir))
     elif mode == "predict":
         predict_mode(config, workdir)
+    elif mode == "pretrain":
+        pretrain(config, workdir)
     elif mode == "stats":
         stats_mode(config, workdir)
     else:

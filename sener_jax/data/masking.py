@@ -36,14 +36,31 @@ def whole_word_mask(
     word_index = np.asarray(word_index)
     if input_ids.shape != word_index.shape or input_ids.ndim != 2:
         raise ValueError(f"input_ids {input_ids.shape} and word_index {word_index.shape} must be equal (B, N)")
-    out = input_ids.copy()
     if segments is None:
         selected = select_whole_words(word_index, rng, fraction)
     else:
         selected = select_document_words(word_index, segments, rng, fraction)
+    return corrupt_selected(input_ids, selected, rng, mask_id, vocab_size, special_ids)
+
+
+def corrupt_selected(
+    input_ids: np.ndarray,
+    selected: np.ndarray,
+    rng: np.random.Generator,
+    mask_id: int,
+    vocab_size: int,
+    special_ids: Sequence[int] = (),
+    mask_token: float = 0.8,
+    random_token: float = 0.1,
+) -> np.ndarray:
+    """New `input_ids` with each selected token replaced by [MASK] (probability `mask_token`), by a
+    random regular id (`random_token`) or kept (the rest): BERT's 80/10/10 rule by default."""
+    if mask_token < 0 or random_token < 0 or mask_token + random_token > 1:
+        raise ValueError(f"mask_token={mask_token} and random_token={random_token} must be >= 0 and sum to <= 1")
+    out = np.asarray(input_ids).copy()
     decision = rng.random(out.shape)
-    to_mask = selected & (decision < 0.8)
-    to_random = selected & (decision >= 0.8) & (decision < 0.9)
+    to_mask = selected & (decision < mask_token)
+    to_random = selected & (decision >= mask_token) & (decision < mask_token + random_token)
     out[to_mask] = mask_id
     n_random = int(to_random.sum())
     if n_random:

@@ -1,0 +1,144 @@
+"""Does domain-adaptive pretraining help? Fine-tune the same small encoder from random weights and
+after pretraining on the shared unlabelled text, on Scholar-XL and Profiling-07 (real data).
+
+    python benchmarks/real_data.py --workdir=runs/real_data                         # full budget
+    python benchmarks/real_data.py --workdir=/tmp/rd --pretrain_steps=40 --epochs=1 # smoke budget
+
+Splits: each shared dev file (the only labelled split we have) is split BY DOCUMENT with
+numpy.random.default_rng(SPLIT_SEED = 0): a permutation of the document order, first 70% train,
+next 10% dev (early stopping / best checkpoint), last 20% evaluation (reported). The ids of each
+part are written to WORKDIR/splits/<dataset>/<part>.jsonl.
+Pretraining corpus: the text (labels ignored) of SciREX (all 250 documents) and of the train and
+dev parts of Scholar-XL and Profiling-07 -- never an evaluation part. One pretraining run serves
+both datasets.
+Fine-tuning: the encoder of `configs/pretrain.py` (4 x 128, DeBERTa-v3 tokenizer, arrow window
+64, LogN), full fine-tuning, the same budget (epochs, batch, learning rates, seed) for (a) random
+weights and (b) the pretrained encoder (`model.pretrained=WORKDIR/pretrain/encoder`).
+Output: WORKDIR/results.json and a Markdown table (micro and per-type F1 on the evaluation part,
+the pretraining loss curve, wall times) printed and written to WORKDIR/results.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import pretrain as pretrain_configs  # noqa: E402
+from configs import profiling07, scholarxl  # noqa: E402
+from configs.base import shared_path  # noqa: E402
+from sener_jax.pretrain import ENCODER_DIR, pretrain  # noqa: E402
+from sener_jax.train import train_and_evaluate  # noqa: E402
+
+SPLIT_SEED = 0
+FRACTIONS = (0.7, 0.1, 0.2)  # train, dev, evaluation
+DATASETS = {"scholar-xl": scholarxl, "profiling-07": profiling07}
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 3000, "Pretraining steps (batch 16).")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "Fine-tuning epochs (same for both arms).")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 512, "Segment length (pretraining and fine-tuning).")
+_DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Datasets to fine-tune on.")
+
+
+def split_file(source: str, out_dir: pathlib.Path) -> dict[str, str]:
+    """The lines of `source` split by document into train/dev/test files (see the module docstring)."""
+    lines = [line for line in pathlib.Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(lines))
+    n_train, n_dev = int(round(FRACTIONS[0] * len(lines))), int(round(FRACTIONS[1] * len(lines)))
+    parts = {"train": order[:n_train], "dev": order[n_train : n_train + n_dev], "test": order[n_train + n_dev :]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for part, indices in parts.items():
+        path = out_dir / f"{part}.jsonl"
+        path.write_text("".join(lines[i] + "\n" for i in sorted(indices)), encoding="utf-8")
+        paths[part] = str(path)
+    return paths
+
+
+def run_pretraining(workdir: pathlib.Path, splits: dict) -> dict:
+    config = pretrain_configs.get_config()
+    files = [shared_path("scirex", "docs.jsonl.gz")]
+    files += [paths[part] for paths in splits.values() for part in ("train", "dev")]
+    config.pretrain.files = ",".join(files)
+    config.pretrain.max_steps = _PRETRAIN_STEPS.value
+    config.pretrain.log_every_steps = max(1, min(50, _PRETRAIN_STEPS.value // 10))
+    config.data.max_tokens = _MAX_TOKENS.value
+    return pretrain(config, workdir / "pretrain")
+
+
+def finetune_config(dataset: str, paths: dict, pretrained: str):
+    """The dataset's paper config at the small CPU geometry of configs/pretrain.py; only
+    `model.pretrained` differs between the two arms."""
+    config = DATASETS[dataset].get_config()
+    small = pretrain_configs.get_config()
+    config.model.encoder = small.model.encoder
+    config.model.pretrained = pretrained
+    # No BiSPA block: on CPU one block multiplies the step time by ~10 (configs/demo.py); both arms alike.
+    config.model.head.update(dict(biaffine_dim=64, channels=16, num_blocks=0))
+    config.data.update(dict(train_path=paths["train"], dev_path=paths["dev"], test_path=paths["test"],
+                            tokenizer=small.data.tokenizer, max_tokens=_MAX_TOKENS.value, overlap_words=64,
+                            token_bucket_base=_MAX_TOKENS.value,
+                            word_bucket_base=_MAX_TOKENS.value))  # one bucket: one compiled program
+    config.train.update(dict(finetune="full", lr_encoder=5e-4, lr_head=1e-3, batch_size=8,
+                             num_epochs=_EPOCHS.value, patience=max(3, _EPOCHS.value // 4), log_every_steps=20))
+    config.eval.splits = ("dev", "test")
+    config.seed = 0
+    return config
+
+
+def summarise(results: dict) -> dict:
+    test = results["test"]
+    return {"micro_f1": test["micro"]["f1"], "micro": test["micro"],
+            "per_type_f1": {label: row["f1"] for label, row in test["per_type"].items()}}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"pretraining: {report['pretrain']['steps']} steps on {report['pretrain']['segments']} segments, "
+             f"probe MLM loss {report['pretrain']['probe_loss_before']:.3f} -> "
+             f"{report['pretrain']['probe_loss_after']:.3f}, {report['pretrain']['wall_s']:.0f} s",
+             "loss curve (step: loss): " + ", ".join(f"{s}: {l:.3f}" for s, l in report["pretrain"]["curve"]), ""]
+    for dataset, arms in report["finetune"].items():
+        labels = sorted(arms["random"]["per_type_f1"])
+        lines += [f"### {dataset} (evaluation part, {arms['n_test_docs']} documents)", "",
+                  "| arm | micro F1 | wall s | " + " | ".join(labels) + " |",
+                  "|---|---:|---:|" + "---:|" * len(labels)]
+        for arm in ("random", "pretrained"):
+            row = arms[arm]
+            lines.append(f"| {arm} | {row['micro_f1']:.4f} | {row['wall_s']:.0f} | "
+                         + " | ".join(f"{row['per_type_f1'].get(label, 0.0):.3f}" for label in labels) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    # As sener_jax.main: our progress at INFO, libraries (Orbax logs every file) at WARNING.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("sener_jax").setLevel(logging.INFO)
+    workdir = pathlib.Path(_WORKDIR.value).absolute()
+    splits = {name: split_file(shared_path(name, "dev.json"), workdir / "splits" / name) for name in DATASETS}
+    report = {"split_seed": SPLIT_SEED, "fractions": FRACTIONS, "pretrain": run_pretraining(workdir, splits),
+              "finetune": {}}
+    for dataset in _DATASETS.value:
+        arms = {"n_test_docs": sum(1 for _ in open(splits[dataset]["test"], encoding="utf-8"))}
+        for arm, pretrained in (("random", ""), ("pretrained", str(workdir / "pretrain" / ENCODER_DIR))):
+            start = time.perf_counter()
+            results = train_and_evaluate(finetune_config(dataset, splits[dataset], pretrained),
+                                         workdir / "finetune" / dataset / arm)
+            arms[arm] = {**summarise(results), "wall_s": time.perf_counter() - start}
+        report["finetune"][dataset] = arms
+    (workdir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    (workdir / "results.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)

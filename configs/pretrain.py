@@ -1,0 +1,99 @@
+"""Domain-adaptive pretraining (`--mode=pretrain`): masked-LM training of the encoder on unlabelled text.
+
+    python -m sener_jax.main --mode=pretrain --config=configs/pretrain.py --workdir=runs/pt \
+        --config.pretrain.files='corpus/*.txt,more/*.jsonl.gz'
+
+writes runs/pt/encoder; fine-tune from it with `--config.model.pretrained=runs/pt/encoder`.
+
+Variants:
+- default (CPU-sized): 4 layers x 128 hidden, 4 heads, FFN 512, the DeBERTa-v3 tokenizer
+  (vocabulary 128,001 ids), segments of <= 512 tokens, arrow window 64. About 17.2M parameters, of
+  which 16.4M are the word embeddings (the vocabulary is fixed by the tokenizer fine-tuning uses) and
+  0.8M the transformer: the smallest encoder that still has several layers of arrow attention, so
+  that a CPU can pretrain it at all. The MLM logits are computed only at the masked positions (85 per
+  512-token row), yet that tied 128k-way projection and the Adam update of the embeddings dominate
+  the step: measured ~15 s per step (batch 16) on the 2-core development machine while shared with
+  other jobs (load 10-15), so the 3,000-step default is a multi-hour CPU run (idle: less).
+- `:tiny`: the synthetic tokenizer and a 2-layer x 64 encoder, 64-token segments: seconds (tests).
+- `:large`: DeBERTa-v3-large geometry (24 x 1024, 434M parameters) continuing from
+  `microsoft/deberta-v3-large` on a GPU: 5,120-token segments as SciREX fine-tuning, bfloat16
+  compute, rematerialisation, peak LR 3e-5.
+The masking rate, whole-word span length, the 80/10/10 rule and the LR schedule (linear warm-up over
+`warmup_fraction` of the steps, then linear decay to 0) are the `pretrain.*` values below.
+"""
+import pathlib
+import sys
+
+# config_flags loads this file by path: make `configs.base` importable from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs.base import DEBERTA_V3_LARGE, TINY_ENCODER, get_base_config, shared_path  # noqa: E402
+
+CPU_ENCODER = dict(TINY_ENCODER, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                   position_buckets=64, max_relative_positions=128, hidden_dropout_prob=0.1,
+                   attention_probs_dropout_prob=0.1)
+
+
+def shared_texts() -> str:
+    """The texts of the shared datasets (labels are ignored), comma-separated; missing ones left out."""
+    paths = [shared_path("scirex", "docs.jsonl.gz"), shared_path("scholar-xl", "dev.json"),
+             shared_path("profiling-07", "dev.json")]
+    return ",".join(p for p in paths if p)
+
+
+def pretrain_block() -> dict:
+    return dict(
+        files=shared_texts(),  # comma-separated paths or globs: .txt/.txt.gz (one document per file) or JSON lines
+        mask_probability=0.15,  # share of each segment's tokens predicted (taken as whole words)
+        span_words=1,  # 1: single whole words; k > 1: spans of 1..k consecutive whole words
+        mask_token=0.8,  # of the chosen tokens: replaced by [MASK] ...
+        random_token=0.1,  # ... by a random token; the rest (0.1) are kept
+        batch_size=16,  # global, over all devices
+        max_steps=3000,  # > 0: number of steps; 0: num_epochs passes over the segments
+        num_epochs=1,
+        lr=5e-4,  # peak learning rate (encoder and MLM head)
+        warmup_fraction=0.06,
+        weight_decay=0.01,
+        adam_b1=0.9,
+        adam_b2=0.98,
+        adam_eps=1e-6,
+        grad_clip_norm=1.0,
+        log_every_steps=50,
+        checkpoint_every_steps=500,  # the last step is always saved
+        probe_batches=4,  # fixed batches whose MLM loss is reported before and after
+    )
+
+
+def get_config(arg=None):
+    config = get_base_config()
+    config.seed = 0
+    config.model.pretrained = ""
+    config.model.encoder.update(CPU_ENCODER)
+    config.model.encoder.update(dict(window=64, lora_rank=0))
+    config.data.name = "pretrain"
+    config.data.max_tokens = 512
+    config.data.overlap_words = 0  # no entity has to fit in one segment: no overlap needed
+    # One (512, 512) bucket: a single compiled step (long documents fill most segments anyway, and
+    # on a CPU each extra bucket costs a compile of a minute or more).
+    config.data.token_bucket_base = 512
+    config.data.word_bucket_base = 512
+    config.pretrain = pretrain_block()
+    if arg == "tiny":
+        config.model.encoder.update(dict(TINY_ENCODER, window=16, lora_rank=0))
+        config.data.tokenizer = "synthetic"
+        config.data.max_tokens = 64
+        config.data.token_bucket_base = 64
+        config.data.word_bucket_base = 64
+        config.pretrain.update(dict(files="", batch_size=8, max_steps=40, lr=3e-3, warmup_fraction=0.1,
+                                    log_every_steps=10, checkpoint_every_steps=20, probe_batches=2))
+    elif arg == "large":
+        config.model.pretrained = "microsoft/deberta-v3-large"
+        config.model.encoder.update(dict(DEBERTA_V3_LARGE, window=128, lora_rank=0, dtype="bfloat16", remat=True))
+        config.data.max_tokens = 5120
+        config.data.token_bucket_base = 1024
+        config.data.word_bucket_base = 1024
+        config.pretrain.update(dict(batch_size=8, max_steps=20000, lr=3e-5, log_every_steps=100,
+                                    checkpoint_every_steps=1000))
+    elif arg:
+        raise ValueError(f"configs/pretrain.py: unknown variant {arg!r} (expected nothing, 'tiny' or 'large')")
+    return config

@@ -1,0 +1,128 @@
+"""`--mode=pretrain`: domain-adaptive masked-language-model training of the encoder on unlabelled
+documents of any length, `pretrain(config, workdir) -> summary`.
+
+The corpus (`config.pretrain.files`: paths or globs, JSON lines of any reader format or plain .txt)
+is segmented exactly as for fine-tuning; whole words (or spans of them) are masked by the 80/10/10
+rule; the encoder (same arrow attention and LogN as fine-tuning) plus DeBERTa's tied MLM head is
+trained. WORKDIR/checkpoints/latest resumes a killed run exactly (state, iterator position, loss
+curve); WORKDIR/tensorboard gets the loss and learning rate; the encoder alone (MLM head dropped)
+is written to WORKDIR/encoder in `sener_jax.convert`'s format, for `model.pretrained`;
+WORKDIR/pretrain_log.json holds the loss curve, a fixed-probe MLM loss before/after and wall time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
+
+from sener_jax import checkpointing, distributed, optim
+from sener_jax.convert import save_encoder
+from sener_jax.data.batching import BatchIterator
+from sener_jax.pretrain_step import (
+    PretrainSetup,
+    create_state,
+    host_arrays,
+    make_eval_loss,
+    make_pretrain_step,
+    optimizer_settings,
+    prepare_pretraining,
+)
+from sener_jax.train_step import abstract_replicated, replicate
+
+logger = logging.getLogger(__name__)
+
+ENCODER_DIR = "encoder"
+LOG_FILE = "pretrain_log.json"
+TRAIN_TAG, PROBE_TAG = 2, 3  # last element of the masking seeds
+
+
+def probe_loss(setup: PretrainSetup, params, eval_fn) -> float:
+    """Mean MLM loss over the first `pretrain.probe_batches` batches of an unshuffled pass with
+    fixed masking (same batches and masks every call: the before/after comparison of a run)."""
+    probe = BatchIterator(setup.iterator.segments, setup.config.pretrain.batch_size, setup.tokenizer.pad_id,
+                          setup.iterator.token_buckets, setup.iterator.word_buckets, shuffle=False, num_epochs=1,
+                          process_index=setup.iterator.process_index, process_count=setup.iterator.process_count)
+    total, count = 0.0, 0.0
+    for index, batch in zip(range(setup.config.pretrain.probe_batches), probe):
+        arrays = distributed.global_batch(host_arrays(setup, batch, (index, probe.process_index, PROBE_TAG)), setup.mesh)
+        loss_sum, predicted = eval_fn(params, arrays)
+        total, count = total + float(loss_sum), count + float(predicted)
+    return total / max(count, 1.0)
+
+
+def _record(setup: PretrainSetup, curve: list, probe_before: float) -> dict:
+    return {"iterator": setup.iterator.state(), "curve": curve, "probe_before": probe_before,
+            "fingerprint": setup.fingerprint}
+
+
+def _restore(setup: PretrainSetup, latest: checkpointing.RunCheckpoints, state):
+    """(state, loss curve, probe loss before training) from the latest checkpoint, or fresh."""
+    step = latest.latest_step()
+    if step is None:
+        return state, [], None
+    state, record = latest.restore(step, abstract_replicated(state, setup.mesh), setup.fingerprint)
+    setup.iterator.restore(record["iterator"])
+    logger.info("resumed pretraining from %s at step %d", latest.directory / str(step), step)
+    return state, list(record["curve"]), record["probe_before"]
+
+
+def _log(setup, writer, curve, losses, step, started) -> None:
+    loss = float(np.mean([float(x) for x in losses]))
+    lr = optim.current_learning_rates(optimizer_settings(setup.config), setup.total_steps, step)["encoder"]
+    curve.append([step, loss])
+    writer.add_scalar("pretrain/mlm_loss", loss, step)
+    writer.add_scalar("pretrain/lr", lr, step)
+    logger.info("pretrain step %d/%d: MLM loss %.4f, lr %.3g, %.1f s", step, setup.total_steps, loss, lr,
+                time.perf_counter() - started)
+
+
+def pretrain(config, workdir) -> dict:
+    """Runs (or resumes) pretraining, writes WORKDIR/encoder and WORKDIR/pretrain_log.json."""
+    started = time.perf_counter()
+    setup = prepare_pretraining(config, workdir)
+    p = config.pretrain
+    logger.info("pretraining on %d segments, %d devices, %d steps; encoder %d layers x %d hidden, vocab %d",
+                len(setup.iterator.segments), setup.mesh.devices.size, setup.total_steps,
+                setup.encoder.num_hidden_layers, setup.encoder.hidden_size, setup.encoder.vocab_size)
+    state, optimizer = create_state(setup)
+    state = replicate(state, setup.mesh)
+    latest = checkpointing.RunCheckpoints(setup.workdir / "checkpoints" / "latest")
+    state, curve, probe_before = _restore(setup, latest, state)
+    eval_fn = make_eval_loss(setup.encoder, setup.mesh)
+    if probe_before is None:
+        probe_before = probe_loss(setup, state["params"], eval_fn)
+    step_fn = make_pretrain_step(setup.encoder, optimizer, setup.mesh)
+    writer = SummaryWriter(str(setup.workdir / "tensorboard")) if distributed.is_primary() else distributed.NullWriter()
+    losses = []
+    first = int(state["step"]) + 1
+    for step in tqdm(range(first, setup.total_steps + 1), initial=first - 1, total=setup.total_steps,
+                     desc="pretrain", unit="step", disable=not distributed.is_primary()):
+        batch = next(setup.iterator)
+        it = setup.iterator.state()
+        arrays = host_arrays(setup, batch, (it["epoch"], it["position"], setup.iterator.process_index, TRAIN_TAG))
+        state, metrics = step_fn(state, distributed.global_batch(arrays, setup.mesh))
+        losses.append(metrics["loss"])
+        if step % p.log_every_steps == 0 or step == setup.total_steps:
+            _log(setup, writer, curve, losses, step, started)
+            losses = []
+        if (p.checkpoint_every_steps and step % p.checkpoint_every_steps == 0) or step == setup.total_steps:
+            latest.save(step, state, _record(setup, curve, probe_before))
+    latest.close()
+    probe_after = probe_loss(setup, state["params"], eval_fn)
+    writer.add_scalar("pretrain/probe_loss", probe_after, setup.total_steps)
+    writer.close()
+    summary = {"steps": setup.total_steps, "segments": len(setup.iterator.segments), "curve": curve,
+               "probe_loss_before": probe_before, "probe_loss_after": probe_after,
+               "wall_s": time.perf_counter() - started, "encoder": str(setup.workdir / ENCODER_DIR)}
+    if distributed.is_primary():
+        encoder_params = distributed.replicated_to_host(state["params"]["encoder"])
+        save_encoder(setup.workdir / ENCODER_DIR, setup.encoder, encoder_params, overwrite=True)
+        (setup.workdir / LOG_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    logger.info("pretraining done: probe MLM loss %.4f -> %.4f; encoder in %s", probe_before, probe_after,
+                summary["encoder"])
+    return summary
