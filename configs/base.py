@@ -6,9 +6,12 @@ line, e.g. `--config.train.lr_head=1e-3`; an unknown key is an error (ml_collect
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import ml_collections
+
+from sener_jax.models.encoder_config import SenerSettings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
@@ -36,17 +39,13 @@ DEBERTA_V3_LARGE = dict(
     pad_token_id=0,
 )
 
-# SeNER's choices on top of the backbone (EncoderConfig fields that HF configs do not have).
+# SeNER's choices on top of the backbone: every SenerSettings field (models/encoder_config.py),
+# its defaults overridden by the paper's values.
 SENER_ENCODER = dict(
+    dataclasses.asdict(SenerSettings()),
     attention="arrow",
-    attention_impl="xla",
-    window=128,
-    logn=True,
-    logn_length="tokens",
     lora_rank=8,
-    lora_alpha=16.0,
-    dtype="float32",
-    remat=False,
+    remat="layer",  # per-layer rematerialisation: the paper-scale step needs it (benchmarks/RESULTS.md)
 )
 
 # Tiny geometry for tests and the demo (random weights).

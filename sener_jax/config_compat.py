@@ -41,3 +41,12 @@ def head_fields(values: Mapping[str, Any], origin: str = "span head config") -> 
     if "impl" in out:
         out["impl"] = reference_impl(out["impl"], f"{origin}: impl")
     return out
+
+
+def remat_policy(value: Any, field: str) -> Any:
+    """The old boolean `remat` -> "layer" (True) / "none" (False), with a warning."""
+    if isinstance(value, bool):
+        name = "layer" if value else "none"
+        warnings.warn(f'{field}={value} is deprecated: use "{name}"', DeprecationWarning, stacklevel=3)
+        return name
+    return value

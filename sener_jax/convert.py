@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from sener_jax.manifest import write_manifest
 from sener_jax.models.deberta import EncoderConfig, init_encoder_params
+from sener_jax.models.layer_stack import is_stacked, stack_flat, stack_tree, unstack_flat, unstack_tree
 from sener_jax.models.lora import is_lora_path
 from sener_jax.output_dir import check_target, staged_directory
 
@@ -115,9 +116,10 @@ def read_hf_state_dict(model_dir: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def flax_path_to_hf_key(path: tuple[str, ...]) -> tuple[str, bool]:
-    """(Hugging Face key, whether the array is transposed) for a Flax param path.
+    """(Hugging Face key, whether the array is transposed) for a per-layer Flax param path.
 
-    layer_<n> -> layer.<n>; LayerNorm scale -> weight; Embed embedding -> weight; Dense kernel
+    Stacked paths (`encoder/layer/...`, leading layer axis) are split into layer_<n> paths first
+    (`layer_stack.unstack_flat`, as `assign_params` does). layer_<n> -> layer.<n>; LayerNorm scale -> weight; Embed embedding -> weight; Dense kernel
     (in, out) -> Linear weight (out, in), transposed.
     """
     parts: list[str] = []
@@ -136,7 +138,9 @@ def flax_path_to_hf_key(path: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def expected_param_shapes(config: EncoderConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Flat {Flax path: shape} of a `DebertaEncoder(config)` (abstract init, nothing allocated)."""
+    """Flat {Flax path: shape} of a `DebertaEncoder(config)` (abstract init, nothing allocated).
+
+    With `config.scan_layers` (the default) layer parameters are stacked: (num_hidden_layers, ...)."""
     shapes = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes).items()}
 
@@ -164,10 +168,13 @@ def assign_params(
 ) -> dict:
     """Fill every expected Flax path from `state` through `key_for`, checking shapes.
 
-    Raises one ValueError listing every missing key, unexpected key and shape mismatch by name.
+    Stacked layer paths are filled one layer at a time (`key_for` sees layer_<n> paths) and
+    stacked again. Raises one ValueError listing every missing key, unexpected key and shape
+    mismatch by name.
     """
     flat, used, problems = {}, set(), []
-    for path, shape in expected.items():
+    stacked = is_stacked(expected)
+    for path, shape in unstack_flat(expected, shapes=True).items():
         key, transpose = key_for(path)
         if key not in state:
             problems.append(f"missing key {key!r} (for {'/'.join(path)}, shape {shape})")
@@ -187,7 +194,7 @@ def assign_params(
             problems.append(f"unexpected key {key!r} (shape {tuple(np.asarray(state[key]).shape)})")
     if problems:
         raise ValueError(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return traverse_util.unflatten_dict(flat)
+    return traverse_util.unflatten_dict(stack_flat(flat) if stacked else flat)
 
 
 def hf_state_to_params(state: Mapping[str, np.ndarray], config: EncoderConfig, source: str = "checkpoint") -> dict:
@@ -259,7 +266,17 @@ def load_encoder(out_dir: str | pathlib.Path) -> tuple[EncoderConfig, dict]:
         raise FileNotFoundError(f"{config_path}: missing (not an exported encoder directory)")
     config = EncoderConfig.from_dict(json.loads(config_path.read_text()))
     target = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
-    params = ocp.StandardCheckpointer().restore(out_dir / PARAMS_DIR, target)
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        params = checkpointer.restore(out_dir / PARAMS_DIR, target)
+    except (ValueError, KeyError) as error:
+        if not is_stacked(traverse_util.flatten_dict(target)):
+            raise
+        # An export written before the layers were scanned: one layer_<n> tree per layer.
+        try:
+            params = stack_tree(checkpointer.restore(out_dir / PARAMS_DIR, unstack_tree(target)))
+        except (ValueError, KeyError):
+            raise error from None
     return config, params
 
 

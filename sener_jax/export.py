@@ -28,6 +28,7 @@ from flax import traverse_util
 from sener_jax.data import length_buckets, load_tokenizer
 from sener_jax.manifest import manifest_digest, read_manifest, verify_manifest, write_manifest
 from sener_jax.data.bucket_plan import BucketPlan, plan_buckets
+from sener_jax.models.layer_stack import stack_tree
 from sener_jax.models.lora import merge_lora
 from sener_jax.models.sener import SenerConfig, init_params
 from sener_jax.output_dir import staged_directory
@@ -230,6 +231,8 @@ def load_export(export_dir: str | os.PathLike) -> ExportedModel:
         params = ocp.StandardCheckpointer().restore(export_dir / "params")
     except Exception as error:  # noqa: BLE001
         raise ValueError(f"{export_dir / 'params'}: cannot restore the parameters ({type(error).__name__}: {error})") from error
+    if model_config.encoder.scan_layers:  # an export written before the layers were scanned: layer_<n> trees
+        params = stack_tree(params)
     _check_param_shapes(export_dir / "params", meta_path, model_config, params)
     return ExportedModel(
         model_config=model_config,

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sener_jax import distributed, optim
 from sener_jax.convert import load_pretrained_encoder, pretrained_encoder_config
 from sener_jax.losses import span_bce_loss
-from sener_jax.models.deberta import EncoderConfig
+from sener_jax.models.deberta import SENER_FIELDS, EncoderConfig
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
 from sener_jax.band_layout import band_cell_mask, band_targets
 from sener_jax.models.span_head import SpanHeadConfig
@@ -38,10 +38,7 @@ BATCH_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "labels"
 # EncoderConfig fields that stay as the config says when a pretrained encoder is loaded: SeNER's own
 # choices and the dropout rates (e.g. attention dropout 0 for the Pallas kernel, which has none).
 # Every other field (the geometry) comes from the checkpoint.
-SENER_ENCODER_FIELDS = (
-    "attention", "attention_impl", "window", "logn", "logn_length", "lora_rank", "lora_alpha", "dtype", "remat",
-    "hidden_dropout_prob", "attention_probs_dropout_prob",
-)
+SENER_ENCODER_FIELDS = SENER_FIELDS + ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 # ----------------------------------------------------------------------------------------------

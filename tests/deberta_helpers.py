@@ -97,7 +97,7 @@ def random_encoder_params(config: EncoderConfig, seed: int) -> dict:
 
     def leaf(path, shape):
         name = path[-1].key
-        scale = 0.2 if name == "bias" else 1.0 / math.sqrt(shape.shape[0]) if name in ("kernel", "lora_a", "lora_b") else 0.5
+        scale = 0.2 if name == "bias" else 1.0 / math.sqrt(shape.shape[-2]) if name in ("kernel", "lora_a", "lora_b") else 0.5  # [-2]: fan-in, also for stacked (layers, in, out) leaves
         value = rng.normal(size=shape.shape) * scale + (1.0 if name == "scale" else 0.0)
         return jnp.asarray(value, jnp.float32)
 

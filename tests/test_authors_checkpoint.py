@@ -14,6 +14,7 @@ import torch  # test-only dependency (requirements-test.txt): a missing torch fa
 
 from sener_jax.data import load_tokenizer
 from sener_jax.models.deberta import EncoderConfig
+from sener_jax.models.layer_stack import stack_tree, unstack_tree
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
 from sener_jax.models.span_head import SpanHeadConfig
 
@@ -64,7 +65,7 @@ def _layer_norm(state, name, ln):
 
 def authors_state_dict(params: dict, prefix: str) -> dict[str, np.ndarray]:
     """Our params (LoRA kept) in the authors' state-dict layout (the issue's list of keys)."""
-    enc, head, state = params["encoder"], params["head"], {}
+    enc, head, state = unstack_tree(params["encoder"]), params["head"], {}
     pm = "pretrain_model."
     state[pm + "embeddings.word_embeddings.weight"] = np.asarray(enc["embeddings"]["word_embeddings"]["embedding"])
     _layer_norm(state, pm + "embeddings.LayerNorm", enc["embeddings"]["LayerNorm"])
@@ -113,6 +114,7 @@ def ours():
     state = authors_state_dict(params, prefix="")
     # Merge by hand in the authors' (out, in) layout: W = base + (B @ A) * alpha / r, alpha / r = 2.
     merged = jax.tree.map(np.array, params)
+    merged["encoder"] = unstack_tree(merged["encoder"])
     for n in range(ENCODER.num_hidden_layers):
         for proj in ("query_proj", "value_proj"):
             name = f"pretrain_model.encoder.layer.{n}.attention.self.{proj}"
@@ -122,6 +124,7 @@ def ours():
             dense = merged["encoder"]["encoder"][f"layer_{n}"]["attention"]["self"][proj]
             dense["kernel"] = weight.T.astype(np.float32)
             del dense["lora_a"], dense["lora_b"]
+    merged["encoder"] = stack_tree(merged["encoder"])
     rng = np.random.default_rng(0)
     batch, n_tokens, n_words = 2, 24, 11
     word_index = np.full((batch, n_tokens), -1, np.int32)
@@ -202,7 +205,7 @@ def test_converted_layouts_compute_what_the_pytorch_modules_compute(ours):
     t = {k: torch.from_numpy(state[name + k]) for k in ("base_layer.weight", "base_layer.bias", "lora_A.default.weight", "lora_B.default.weight")}
     expected = F.linear(h, t["base_layer.weight"], t["base_layer.bias"]) + F.linear(
         F.linear(h, t["lora_A.default.weight"]), t["lora_B.default.weight"]) * (ALPHA / RANK)
-    query = params["encoder"]["encoder"]["layer_0"]["attention"]["self"]["query_proj"]
+    query = unstack_tree(params["encoder"])["encoder"]["layer_0"]["attention"]["self"]["query_proj"]
     np.testing.assert_allclose(h.numpy() @ query["kernel"] + query["bias"], expected.numpy(), atol=1e-4)
 
 

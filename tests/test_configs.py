@@ -42,11 +42,11 @@ def test_learning_rate_schedule_warms_up_then_decays_to_zero():
 
 def test_param_labels_follow_the_paper_groups():
     path = lambda s: tuple(s.split("/"))  # noqa: E731
-    q = "encoder/encoder/layer_0/attention/self/query_proj"
+    q = "encoder/encoder/layer/attention/self/query_proj"
     assert optim.param_label(path(q + "/lora_a"), "lora") == "lora/decay"
     assert optim.param_label(path(q + "/bias"), "lora") == "lora/no_decay"
     assert optim.param_label(path(q + "/kernel"), "lora") == "frozen"
-    assert optim.param_label(path("encoder/encoder/layer_0/attention/self/key_proj/bias"), "lora") == "frozen"
+    assert optim.param_label(path("encoder/encoder/layer/attention/self/key_proj/bias"), "lora") == "frozen"
     assert optim.param_label(path("encoder/embeddings/LayerNorm/scale"), "full") == "encoder/no_decay"
     assert optim.param_label(path("head/cross_layers_0/norm1/scale"), "lora") == "head/no_decay"
     assert optim.param_label(path("head/down_fc/kernel"), "head") == "head/decay"

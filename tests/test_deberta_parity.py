@@ -68,8 +68,8 @@ def _apply(config: EncoderConfig):
 def test_lora_params_and_merge():
     config = dataclasses.replace(TINY, lora_rank=4, lora_alpha=8.0)
     fresh = jax.jit(DebertaEncoder(config).init)(jax.random.key(0, impl="rbg"), IDS, MASK)["params"]
-    attention = fresh["encoder"]["layer_0"]["attention"]["self"]
-    assert attention["query_proj"]["lora_a"].shape == (24, 4) and attention["value_proj"]["lora_b"].shape == (4, 24)
+    attention = fresh["encoder"]["layer"]["attention"]["self"]  # stacked: (layers, ...)
+    assert attention["query_proj"]["lora_a"].shape == (1, 24, 4) and attention["value_proj"]["lora_b"].shape == (1, 4, 24)
     assert "lora_a" not in attention["key_proj"]
     assert float(jnp.max(jnp.abs(attention["query_proj"]["lora_a"]))) <= 1 / np.sqrt(24)
     assert not np.any(np.asarray(attention["value_proj"]["lora_b"]))
@@ -97,7 +97,7 @@ def test_remat_gives_identical_outputs_and_gradients():
         return jax.jit(jax.value_and_grad(loss))
 
     value, grads = grad_fn(TINY)(params)
-    value_remat, grads_remat = grad_fn(dataclasses.replace(TINY, remat=True))(params)
+    value_remat, grads_remat = grad_fn(dataclasses.replace(TINY, remat="layer"))(params)
     np.testing.assert_allclose(value_remat, value, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_remat, grads)
 

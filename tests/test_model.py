@@ -65,8 +65,8 @@ def _inputs(rng, batch=2, n_tokens=20, n_words=10):
 def test_band_logits_shapes_lora_paths_and_pooling_impls():
     config = SenerConfig(ENCODER, HEAD)
     params = init_params(config, jax.random.PRNGKey(0))
-    lora = params["encoder"]["encoder"]["layer_0"]["attention"]["self"]["value_proj"]
-    assert lora["lora_a"].shape == (16, 2) and lora["lora_b"].shape == (2, 16)
+    lora = params["encoder"]["encoder"]["layer"]["attention"]["self"]["value_proj"]  # stacked: (layers, ...)
+    assert lora["lora_a"].shape == (1, 16, 2) and lora["lora_b"].shape == (1, 2, 16)
     inputs = _inputs(np.random.default_rng(0))
     fn = jax.jit(band_logits, static_argnums=0)
     logits = fn(config, params, *inputs)

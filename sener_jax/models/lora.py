@@ -64,7 +64,8 @@ def merge_lora_tree(params: Mapping, alpha: float, rank: int) -> dict:
     if "lora_a" in params or "lora_b" in params:
         if not ("lora_a" in params and "lora_b" in params and "kernel" in params):
             raise ValueError(f"incomplete LoRA group: has {sorted(params)}, needs kernel, lora_a and lora_b")
-        delta = jnp.dot(params["lora_a"], params["lora_b"], precision=jax.lax.Precision.HIGHEST) * (alpha / rank)
+        # matmul, not dot: stacked (scanned) layers carry a leading layer axis that must batch.
+        delta = jnp.matmul(params["lora_a"], params["lora_b"], precision=jax.lax.Precision.HIGHEST) * (alpha / rank)
         merged["kernel"] = (params["kernel"] + delta).astype(params["kernel"].dtype)
     return merged
 

@@ -426,8 +426,7 @@ class SpanHead(nn.Module):
         lin_h = mlp_drop(h_hat, deterministic=deterministic) @ w_lin[:, :p].T  # (B, L, c)
         lin_t = mlp_drop(t_hat, deterministic=deterministic) @ w_lin[:, p:].T
 
-        block_cls = nn.remat(BiSPABlock, static_argnums=(3,)) if cfg.remat_blocks else BiSPABlock
-        blocks = [block_cls(cfg, name=f"cross_layers_{n}") for n in range(cfg.num_blocks)] if cfg.use_bispa else []
+        blocks = [BiSPABlock(cfg, name=f"cross_layers_{n}") for n in range(cfg.num_blocks)] if cfg.use_bispa else []
         down_fc = _torch_dense(c, cfg.num_types, "down_fc")
 
         if cfg.impl == "band":
@@ -439,11 +438,42 @@ class SpanHead(nn.Module):
         x = jnp.where(valid[..., None], x, 0.0)
 
         scores = x
-        for block in blocks:
-            scores = block(scores, valid, deterministic)
+        if blocks and cfg.remat_blocks and not self.is_initializing():
+            scores = _scan_blocks(self, cfg, scores, valid, deterministic)
+        else:
+            for block in blocks:
+                scores = block(scores, valid, deterministic)
         if blocks:
             scores = scores + x  # outer residual to the biaffine scores
         logits = down_fc(scores)
         if cfg.impl == REFERENCE:
             logits, valid = band_from_dense(logits, w), band_cell_mask(word_mask, w)
         return jnp.where(valid[..., None], logits, INVALID_LOGIT)
+
+
+def _scan_blocks(head: nn.Module, cfg: SpanHeadConfig, scores, valid, deterministic: bool):
+    """The BiSPA blocks as one rematerialised `lax.scan` over their (stacked) parameters.
+
+    Only each block's input is saved for the backward pass. A loop, not unrolled `nn.remat`
+    blocks: XLA:CPU schedules an unrolled block's recomputation early, so every block's
+    intermediates were live at once (the head measured ~17 (L, K, c) tensors per block). The
+    parameters keep their per-block names (`cross_layers_<n>`, the authors' layout); they are
+    stacked here, per call (c-sized, negligible).
+    """
+    names = [f"cross_layers_{n}" for n in range(cfg.num_blocks)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[head.variables["params"][name] for name in names])
+    keys = None
+    if not deterministic and cfg.bispa_dropout > 0.0:
+        keys = jax.random.split(head.make_rng("dropout"), cfg.num_blocks)
+
+    @jax.checkpoint
+    def block(carry, params, key):
+        rngs = {"dropout": key} if key is not None else {}
+        return BiSPABlock(cfg).apply({"params": params}, carry, valid, deterministic, rngs=rngs)
+
+    def body(carry, xs):
+        params, key = xs
+        return block(carry, params, key), None
+
+    scores, _ = jax.lax.scan(body, scores, (stacked, keys))
+    return scores
