@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sener_jax.authors_checkpoint import check_sinusoid_tables, load_authors_checkpoint, strip_wrapper_prefixes
+from sener_jax.authors_checkpoint import load_authors_checkpoint, strip_wrapper_prefixes
+from sener_jax.authors_rope import check_sinusoid_tables
 from sener_jax.convert import read_safetensors
 from sener_jax.models.sener import band_logits
-from sener_jax.models.span_head import rope_table
+from sener_jax.models.bispa_ops import rope_table
 
 NUM_TYPES, WINDOW, CHANNELS = 5, 128, 32
 TOLERANCE = 1e-4  # the brief: their scores to 1e-4 (measured: under 4e-6)

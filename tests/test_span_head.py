@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 
 from sener_jax.band_layout import band_cell_mask, transpose_band
-from sener_jax.models.span_head import (
-    INVALID_LOGIT,
-    SpanHead,
-    SpanHeadConfig,
-    apply_rope,
-    rope_table,
-)
+from sener_jax.models.bispa_ops import apply_rope, rope_table
+from sener_jax.models.span_head import INVALID_LOGIT, SpanHead, SpanHeadConfig
 
 D_IN = 16
 
