@@ -14,6 +14,7 @@ import pytest
 
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.disentangled_attention import AttentionSettings, RelativeGeometry, disentangled_attention
+from tests.tiny_configs import ODD_WIDTH, tiny_encoder
 from tests.deberta_helpers import random_encoder_params
 
 try:
@@ -149,11 +150,7 @@ def test_padding_rows_are_zero_and_batchmates_do_not_matter():
 # Through the whole encoder: forward and gradients w.r.t. every parameter (embedding table included)
 # ---------------------------------------------------------------------------------------------
 
-SMALL = EncoderConfig(
-    vocab_size=61, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=30,
-    position_buckets=8, max_relative_positions=16, attention="arrow", window=4,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-)
+SMALL = tiny_encoder(**ODD_WIDTH)
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,6 +14,7 @@ from sener_jax.convert import load_hf_deberta
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.disentangled_attention import log_bucket
 from sener_jax.models.lora import merge_lora
+from tests.tiny_configs import ODD_WIDTH, tiny_encoder
 from tests.deberta_helpers import HF_CONFIGS, build_hf_deberta, flax_hidden, hf_hidden, random_encoder_params, token_batch
 
 TOLERANCE = 1e-5
@@ -52,11 +53,7 @@ def test_hidden_states_match_hugging_face(name, tmp_path):
 
 # One layer, full attention: these options do not depend on the pattern, and the dense graph
 # compiles fastest (arrow is covered by test_arrow_attention and the dropout test below).
-TINY = EncoderConfig(
-    vocab_size=61, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=30,
-    position_buckets=8, max_relative_positions=16, attention="full", attention_impl="reference", window=3,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-)
+TINY = tiny_encoder(**ODD_WIDTH, attention="full", attention_impl="reference", window=3)
 IDS, MASK = (jnp.asarray(a, jnp.int32) for a in token_batch([14, 9], 14, seed=3, vocab=61))
 
 

@@ -13,12 +13,9 @@ from sener_jax.models.deberta import SENER_FIELDS, DebertaEncoder, EncoderConfig
 from sener_jax.models.encoder_config import REMAT_POLICIES, SenerSettings
 from sener_jax.models.layer_stack import stack_tree, unstack_tree
 from sener_jax.models.lora import merge_lora
+from tests.tiny_configs import tiny_encoder
 
-BASE = EncoderConfig(
-    vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-    position_buckets=8, max_relative_positions=16, attention="arrow", window=3, lora_rank=2,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-)
+BASE = tiny_encoder(num_hidden_layers=3, window=3, lora_rank=2)
 IDS = jnp.asarray(np.random.default_rng(0).integers(1, 50, (2, 14)), jnp.int32)
 MASK = jnp.asarray(np.arange(14)[None] < np.array([[14], [9]]), jnp.int32)
 

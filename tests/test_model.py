@@ -4,16 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
+from sener_jax.models.deberta import DebertaEncoder
 from sener_jax.models.sener import SenerConfig, band_logits, init_params, pool_words_reference, pool_words_segment
-from sener_jax.models.span_head import SpanHead, SpanHeadConfig
+from sener_jax.models.span_head import SpanHead
+from tests.tiny_configs import tiny_encoder, tiny_head
 
-ENCODER = EncoderConfig(
-    vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-    position_buckets=8, max_relative_positions=16, attention="arrow", window=4, lora_rank=2,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-)
-HEAD = SpanHeadConfig(num_types=2, max_span_words=4, biaffine_dim=4, channels=4, num_blocks=1, mlp_dropout=0.0, bispa_dropout=0.0)
+ENCODER = tiny_encoder(lora_rank=2)
+HEAD = tiny_head()
 
 
 def random_word_index(rng, batch, n_tokens, n_words):

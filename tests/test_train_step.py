@@ -11,18 +11,13 @@ from flax import traverse_util
 from configs.base import get_base_config
 from sener_jax import optim, train_step
 from sener_jax.data.labels import band_labels
-from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.sener import SenerConfig
-from sener_jax.models.span_head import SpanHeadConfig
+from tests.tiny_configs import tiny_encoder, tiny_head
 
-ENCODER = EncoderConfig(
-    vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-    position_buckets=8, max_relative_positions=16, attention="arrow", window=4, lora_rank=2,
-    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-)
+ENCODER = tiny_encoder(vocab_size=40, lora_rank=2)
 # No BiSPA blocks: these tests are about sharding and optimisation, and compile twice as fast without
 # them (the full head runs in the end-to-end tests of the tiny configs).
-HEAD = SpanHeadConfig(num_types=2, max_span_words=4, biaffine_dim=4, channels=4, num_blocks=0, mlp_dropout=0.0, bispa_dropout=0.0)
+HEAD = tiny_head(num_blocks=0)
 MODEL = SenerConfig(ENCODER, HEAD)
 
 
