@@ -88,7 +88,7 @@ def get_config(arg=None):
                                     log_every_steps=10, checkpoint_every_steps=20, probe_batches=2))
     elif arg == "large":
         config.model.pretrained = "microsoft/deberta-v3-large"
-        config.model.encoder.update(dict(DEBERTA_V3_LARGE, window=128, lora_rank=0, dtype="bfloat16", remat=True))
+        config.model.encoder.update(dict(DEBERTA_V3_LARGE, window=128, lora_rank=0, dtype="bfloat16", remat="layer"))
         config.data.max_tokens = 5120
         config.data.token_bucket_base = 1024
         config.data.word_bucket_base = 1024

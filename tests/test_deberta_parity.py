@@ -109,7 +109,7 @@ def test_bfloat16_compute_runs_and_stays_close():
     assert 0.0 < error <= 0.15, f"bfloat16 vs float32 max abs diff {error:.3g}"
 
 
-@pytest.mark.parametrize("attention, impl", [("full", "dense"), ("arrow", "xla")])
+@pytest.mark.parametrize("attention, impl", [("full", "reference"), ("arrow", "xla")])
 def test_dropout_only_when_not_deterministic(attention, impl):
     config = dataclasses.replace(TINY, attention=attention, attention_impl=impl,
                                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
