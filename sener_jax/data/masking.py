@@ -68,8 +68,11 @@ def corrupt_selected(
     return out
 
 
-def select_whole_words(word_index: np.ndarray, rng: np.random.Generator, fraction: float = 0.15) -> np.ndarray:
-    """Bool (B, N): the tokens of the whole words chosen in each row (see the module docstring)."""
+def select_per_row(word_index: np.ndarray, rng: np.random.Generator, fraction: float, choose_words) -> np.ndarray:
+    """Bool (B, N): the tokens of the words `choose_words(counts, target, rng)` picks in each row.
+
+    `counts[w]` is word w's token count in the row, `target = max(1, round(fraction * tokens))` its
+    budget; `choose_words` returns a bool per word. Rows without real tokens are skipped (no draw)."""
     selected = np.zeros(word_index.shape, dtype=bool)
     for b in range(word_index.shape[0]):
         row = word_index[b]
@@ -77,15 +80,26 @@ def select_whole_words(word_index: np.ndarray, rng: np.random.Generator, fractio
         if not real.any():
             continue
         counts = np.bincount(row[real])
-        words = np.nonzero(counts)[0]
         target = max(1, int(round(fraction * counts.sum())))
-        order = words[rng.permutation(len(words))]
-        covered = np.cumsum(counts[order])
-        n_take = max(1, int(np.searchsorted(covered, target, side="right")))
-        chosen = np.zeros(counts.shape[0], dtype=bool)
-        chosen[order[:n_take]] = True
+        chosen = choose_words(counts, target, rng)
         selected[b] = real & chosen[np.where(real, row, 0)]
     return selected
+
+
+def _shuffled_words_to_budget(counts: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
+    """Words in random order while their tokens stay within `target` (at least one word)."""
+    words = np.nonzero(counts)[0]
+    order = words[rng.permutation(len(words))]
+    covered = np.cumsum(counts[order])
+    n_take = max(1, int(np.searchsorted(covered, target, side="right")))
+    chosen = np.zeros(counts.shape[0], dtype=bool)
+    chosen[order[:n_take]] = True
+    return chosen
+
+
+def select_whole_words(word_index: np.ndarray, rng: np.random.Generator, fraction: float = 0.15) -> np.ndarray:
+    """Bool (B, N): the tokens of the whole words chosen in each row (see the module docstring)."""
+    return select_per_row(word_index, rng, fraction, _shuffled_words_to_budget)
 
 
 def select_document_words(word_index: np.ndarray, segments: Sequence, rng: np.random.Generator,

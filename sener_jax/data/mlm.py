@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from sener_jax.data.masking import corrupt_selected, select_whole_words
+from sener_jax.data.masking import corrupt_selected, select_per_row, select_whole_words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +42,8 @@ def select_word_spans(word_index: np.ndarray, rng: np.random.Generator, fraction
     """Bool (B, N): tokens of spans of 1..`span_words` consecutive whole words per row."""
     if span_words == 1:
         return select_whole_words(word_index, rng, fraction)
-    selected = np.zeros(word_index.shape, dtype=bool)
-    for b in range(word_index.shape[0]):
-        row = word_index[b]
-        real = row >= 0
-        if not real.any():
-            continue
-        counts = np.bincount(row[real])
-        target = max(1, int(round(fraction * counts.sum())))
+
+    def spans_to_budget(counts: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
         chosen = np.zeros(counts.shape[0], dtype=bool)
         taken = 0
         for _ in range(4 * len(counts)):  # bounded: overlapping draws add nothing
@@ -64,8 +58,9 @@ def select_word_spans(word_index: np.ndarray, rng: np.random.Generator, fraction
             taken += extra
             if taken >= target:
                 break
-        selected[b] = real & chosen[np.where(real, row, 0)]
-    return selected
+        return chosen
+
+    return select_per_row(word_index, rng, fraction, spans_to_budget)
 
 
 def mlm_arrays(input_ids: np.ndarray, word_index: np.ndarray, rng: np.random.Generator, spec: MlmSpec) -> dict:
