@@ -4,6 +4,11 @@ after pretraining on the shared unlabelled text, on Scholar-XL and Profiling-07 
     python benchmarks/real_data.py --workdir=runs/real_data                         # full budget
     python benchmarks/real_data.py --workdir=/tmp/rd --pretrain_steps=40 --epochs=1 # smoke budget
 
+Stages (`--stages`, default all, in this order): `pretrain`, `random` (fine-tune the random arm),
+`pretrained` (needs the pretrain stage's encoder), `report` (reads every stage's JSON from WORKDIR).
+The random arm does not depend on pretraining, so on a machine with time to spare the two may run
+as separate processes: `--stages=pretrain` and `--stages=random`, then `--stages=pretrained,report`.
+
 Splits: each shared dev file (the only labelled split we have) is split BY DOCUMENT with
 numpy.random.default_rng(SPLIT_SEED = 0): a permutation of the document order, first 70% train,
 next 10% dev (early stopping / best checkpoint), last 20% evaluation (reported). The ids of each
@@ -33,7 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import pretrain as pretrain_configs  # noqa: E402
 from configs import profiling07, scholarxl  # noqa: E402
 from configs.base import shared_path  # noqa: E402
-from sener_jax.pretrain import ENCODER_DIR, pretrain  # noqa: E402
+from sener_jax.pretrain import ENCODER_DIR, LOG_FILE, pretrain  # noqa: E402
 from sener_jax.train import train_and_evaluate  # noqa: E402
 
 SPLIT_SEED = 0
@@ -45,6 +50,11 @@ _PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 3000, "Pretraining step
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "Fine-tuning epochs (same for both arms).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 512, "Segment length (pretraining and fine-tuning).")
 _DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Datasets to fine-tune on.")
+_STAGES = flags.DEFINE_list("stages", ["pretrain", "random", "pretrained", "report"], "Stages to run (see docstring).")
+_PRETRAIN_BATCH = flags.DEFINE_integer("pretrain_batch", 16, "Pretraining batch (segments).")
+_PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 5e-4, "Pretraining peak learning rate.")
+_POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 1.0, "train.positive_weight of both arms (1.0: the paper).")
+ARMS = ("random", "pretrained")
 
 
 def split_file(source: str, out_dir: pathlib.Path) -> dict[str, str]:
@@ -68,6 +78,8 @@ def run_pretraining(workdir: pathlib.Path, splits: dict) -> dict:
     files += [paths[part] for paths in splits.values() for part in ("train", "dev")]
     config.pretrain.files = ",".join(files)
     config.pretrain.max_steps = _PRETRAIN_STEPS.value
+    config.pretrain.batch_size = _PRETRAIN_BATCH.value
+    config.pretrain.lr = _PRETRAIN_LR.value
     config.pretrain.log_every_steps = max(1, min(50, _PRETRAIN_STEPS.value // 10))
     config.data.max_tokens = _MAX_TOKENS.value
     return pretrain(config, workdir / "pretrain")
@@ -87,7 +99,8 @@ def finetune_config(dataset: str, paths: dict, pretrained: str):
                             token_bucket_base=_MAX_TOKENS.value,
                             word_bucket_base=_MAX_TOKENS.value))  # one bucket: one compiled program
     config.train.update(dict(finetune="full", lr_encoder=5e-4, lr_head=1e-3, batch_size=8,
-                             num_epochs=_EPOCHS.value, patience=max(3, _EPOCHS.value // 4), log_every_steps=20))
+                             num_epochs=_EPOCHS.value, patience=max(3, _EPOCHS.value // 4), log_every_steps=20,
+                             positive_weight=_POSITIVE_WEIGHT.value))
     config.eval.splits = ("dev", "test")
     config.seed = 0
     return config
@@ -100,16 +113,18 @@ def summarise(results: dict) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"pretraining: {report['pretrain']['steps']} steps on {report['pretrain']['segments']} segments, "
-             f"probe MLM loss {report['pretrain']['probe_loss_before']:.3f} -> "
-             f"{report['pretrain']['probe_loss_after']:.3f}, {report['pretrain']['wall_s']:.0f} s",
-             "loss curve (step: loss): " + ", ".join(f"{s}: {l:.3f}" for s, l in report["pretrain"]["curve"]), ""]
+    pre, lines = report["pretrain"], []
+    if pre is not None:
+        lines = [f"pretraining: {pre['steps']} steps on {pre['segments']} segments, MLM softmax over "
+                 f"{pre.get('output_vocab', 'all')} ids, probe MLM loss {pre['probe_loss_before']:.3f} -> "
+                 f"{pre['probe_loss_after']:.3f}, {pre['wall_s']:.0f} s",
+                 "loss curve (step: loss): " + ", ".join(f"{s}: {l:.3f}" for s, l in pre["curve"]), ""]
     for dataset, arms in report["finetune"].items():
-        labels = sorted(arms["random"]["per_type_f1"])
+        labels = sorted({label for arm in ARMS if arm in arms for label in arms[arm]["per_type_f1"]})
         lines += [f"### {dataset} (evaluation part, {arms['n_test_docs']} documents)", "",
                   "| arm | micro F1 | wall s | " + " | ".join(labels) + " |",
                   "|---|---:|---:|" + "---:|" * len(labels)]
-        for arm in ("random", "pretrained"):
+        for arm in [a for a in ARMS if a in arms]:
             row = arms[arm]
             lines.append(f"| {arm} | {row['micro_f1']:.4f} | {row['wall_s']:.0f} | "
                          + " | ".join(f"{row['per_type_f1'].get(label, 0.0):.3f}" for label in labels) + " |")
@@ -117,27 +132,56 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def finetune_arm(workdir: pathlib.Path, splits: dict, dataset: str, arm: str) -> dict:
+    """Fine-tunes one arm; writes and returns WORKDIR/finetune/<dataset>/<arm>/summary.json."""
+    pretrained = "" if arm == "random" else str(workdir / "pretrain" / ENCODER_DIR)
+    if pretrained and not (workdir / "pretrain" / ENCODER_DIR).exists():
+        raise SystemExit(f"{workdir / 'pretrain' / ENCODER_DIR} is missing: run --stages=pretrain first")
+    out = workdir / "finetune" / dataset / arm
+    start = time.perf_counter()
+    results = train_and_evaluate(finetune_config(dataset, splits[dataset], pretrained), out)
+    summary = {**summarise(results), "wall_s": time.perf_counter() - start, "positive_weight": _POSITIVE_WEIGHT.value,
+               "epochs": _EPOCHS.value}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def report(workdir: pathlib.Path, splits: dict) -> str:
+    """results.json / results.md from the stages' files (an arm not run yet is left out)."""
+    pretrain_log = workdir / "pretrain" / LOG_FILE
+    result = {"split_seed": SPLIT_SEED, "fractions": FRACTIONS,
+              "pretrain": json.loads(pretrain_log.read_text()) if pretrain_log.exists() else None, "finetune": {}}
+    for dataset in _DATASETS.value:
+        arms = {"n_test_docs": sum(1 for _ in open(splits[dataset]["test"], encoding="utf-8"))}
+        for arm in ARMS:
+            path = workdir / "finetune" / dataset / arm / "summary.json"
+            if path.exists():
+                arms[arm] = json.loads(path.read_text())
+        result["finetune"][dataset] = arms
+    (workdir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(result)
+    (workdir / "results.md").write_text(text + "\n")
+    return text
+
+
 def main(argv):
     del argv
     # As sener_jax.main: our progress at INFO, libraries (Orbax logs every file) at WARNING.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("sener_jax").setLevel(logging.INFO)
+    unknown = set(_STAGES.value) - {"pretrain", *ARMS, "report"}
+    if unknown:
+        raise SystemExit(f"--stages: unknown {sorted(unknown)} (expected pretrain, random, pretrained, report)")
     workdir = pathlib.Path(_WORKDIR.value).absolute()
     splits = {name: split_file(shared_path(name, "dev.json"), workdir / "splits" / name) for name in DATASETS}
-    report = {"split_seed": SPLIT_SEED, "fractions": FRACTIONS, "pretrain": run_pretraining(workdir, splits),
-              "finetune": {}}
-    for dataset in _DATASETS.value:
-        arms = {"n_test_docs": sum(1 for _ in open(splits[dataset]["test"], encoding="utf-8"))}
-        for arm, pretrained in (("random", ""), ("pretrained", str(workdir / "pretrain" / ENCODER_DIR))):
-            start = time.perf_counter()
-            results = train_and_evaluate(finetune_config(dataset, splits[dataset], pretrained),
-                                         workdir / "finetune" / dataset / arm)
-            arms[arm] = {**summarise(results), "wall_s": time.perf_counter() - start}
-        report["finetune"][dataset] = arms
-    (workdir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    text = markdown(report)
-    (workdir / "results.md").write_text(text + "\n")
-    print(text)
+    if "pretrain" in _STAGES.value:
+        run_pretraining(workdir, splits)
+    for arm in ARMS:
+        if arm in _STAGES.value:
+            for dataset in _DATASETS.value:
+                finetune_arm(workdir, splits, dataset, arm)
+    if "report" in _STAGES.value:
+        print(report(workdir, splits))
 
 
 if __name__ == "__main__":

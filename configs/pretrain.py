@@ -61,6 +61,10 @@ def pretrain_block() -> dict:
         log_every_steps=50,
         checkpoint_every_steps=500,  # the last step is always saved
         probe_batches=4,  # fixed batches whose MLM loss is reported before and after
+        # "corpus": the MLM softmax runs over the token ids that occur in the corpus (exact for it: no
+        # other id can be a target); "full": over the whole vocabulary (needed only when the head is
+        # reused on other text). On the shared data 35,763 of 128,001 ids: the step's largest matmul /3.6.
+        output_vocab="corpus",
     )
 
 

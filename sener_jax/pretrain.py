@@ -86,17 +86,18 @@ def pretrain(config, workdir) -> dict:
     started = time.perf_counter()
     setup = prepare_pretraining(config, workdir)
     p = config.pretrain
-    logger.info("pretraining on %d segments, %d devices, %d steps; encoder %d layers x %d hidden, vocab %d",
-                len(setup.iterator.segments), setup.mesh.devices.size, setup.total_steps,
-                setup.encoder.num_hidden_layers, setup.encoder.hidden_size, setup.encoder.vocab_size)
+    logger.info("pretraining on %d segments, %d devices, %d steps; encoder %d layers x %d hidden, vocab %d, "
+                "MLM softmax over %s ids", len(setup.iterator.segments), setup.mesh.devices.size, setup.total_steps,
+                setup.encoder.num_hidden_layers, setup.encoder.hidden_size, setup.encoder.vocab_size,
+                "all" if setup.output_ids is None else f"the corpus's {len(setup.output_ids)}")
     state, optimizer = create_state(setup)
     state = replicate(state, setup.mesh)
     latest = checkpointing.RunCheckpoints(setup.workdir / "checkpoints" / "latest")
     state, curve, probe_before = _restore(setup, latest, state)
-    eval_fn = make_eval_loss(setup.encoder, setup.mesh)
+    eval_fn = make_eval_loss(setup.encoder, setup.mesh, setup.output_ids)
     if probe_before is None:
         probe_before = probe_loss(setup, state["params"], eval_fn)
-    step_fn = make_pretrain_step(setup.encoder, optimizer, setup.mesh)
+    step_fn = make_pretrain_step(setup.encoder, optimizer, setup.mesh, output_ids=setup.output_ids)
     writer = SummaryWriter(str(setup.workdir / "tensorboard")) if distributed.is_primary() else distributed.NullWriter()
     losses = []
     first = int(state["step"]) + 1
@@ -118,7 +119,9 @@ def pretrain(config, workdir) -> dict:
     writer.close()
     summary = {"steps": setup.total_steps, "segments": len(setup.iterator.segments), "curve": curve,
                "probe_loss_before": probe_before, "probe_loss_after": probe_after,
-               "wall_s": time.perf_counter() - started, "encoder": str(setup.workdir / ENCODER_DIR)}
+               "wall_s": time.perf_counter() - started,
+               "output_vocab": setup.encoder.vocab_size if setup.output_ids is None else int(len(setup.output_ids)),
+               "encoder": str(setup.workdir / ENCODER_DIR)}
     if distributed.is_primary():
         encoder_params = distributed.replicated_to_host(state["params"]["encoder"])
         save_encoder(setup.workdir / ENCODER_DIR, setup.encoder, encoder_params, overwrite=True)

@@ -28,6 +28,7 @@ from sener_jax.models.mlm_head import init_mlm_head_params, mlm_logits, mlm_loss
 from sener_jax.train_step import make_mesh, model_config_from
 
 STEP_KEYS = ("input_ids", "attention_mask", "mlm_positions", "mlm_targets", "mlm_weights")
+OUTPUT_VOCABS = ("corpus", "full")
 
 
 @dataclasses.dataclass
@@ -40,6 +41,7 @@ class PretrainSetup:
     spec: MlmSpec
     iterator: BatchIterator
     total_steps: int
+    output_ids: np.ndarray | None = None  # the MLM softmax's token ids; None: the whole vocabulary
 
     @property
     def fingerprint(self) -> dict:
@@ -47,7 +49,8 @@ class PretrainSetup:
         p = self.config.pretrain
         return {"encoder": self.encoder.to_dict(), "spec": dataclasses.asdict(self.spec),
                 "segments": len(self.iterator.segments), "batch_size": p.batch_size, "total_steps": self.total_steps,
-                "lr": p.lr, "warmup_fraction": p.warmup_fraction, "seed": self.config.seed}
+                "lr": p.lr, "warmup_fraction": p.warmup_fraction, "seed": self.config.seed,
+                "output_vocab": None if self.output_ids is None else int(len(self.output_ids))}
 
 
 def encoder_config_of(config, vocab_size: int) -> EncoderConfig:
@@ -66,6 +69,31 @@ def mlm_spec_of(config, tokenizer, encoder: EncoderConfig) -> MlmSpec:
                    random_token=p.random_token)
 
 
+def corpus_output_ids(segments) -> np.ndarray:
+    """Sorted ids of every token in the segments: the only ids an MLM target can be (targets are the
+    corpus's own tokens), so a softmax over them is exact for this corpus. Every host holds all
+    segments before sharding, so every host computes the same list."""
+    return np.unique(np.concatenate([np.asarray(s.input_ids, np.int32) for s in segments]))
+
+
+def output_ids_of(config, segments) -> np.ndarray | None:
+    choice = config.pretrain.get("output_vocab", "full")
+    if choice not in OUTPUT_VOCABS:
+        raise ValueError(f"pretrain.output_vocab must be one of {OUTPUT_VOCABS}, got {choice!r}")
+    return corpus_output_ids(segments) if choice == "corpus" else None
+
+
+def output_targets(targets: np.ndarray, weights: np.ndarray, output_ids: np.ndarray | None) -> np.ndarray:
+    """Token-id targets as column indices of the restricted logits (padding slots -> 0)."""
+    if output_ids is None:
+        return targets
+    columns = np.searchsorted(output_ids, targets).clip(0, len(output_ids) - 1).astype(np.int32)
+    real = weights > 0
+    if not np.array_equal(output_ids[columns[real]], targets[real]):
+        raise ValueError("an MLM target is not in the corpus output vocabulary (pretrain.output_vocab='corpus')")
+    return np.where(real, columns, 0).astype(np.int32)
+
+
 def prepare_pretraining(config, workdir) -> PretrainSetup:
     p, data = config.pretrain, config.data
     tokenizer = load_tokenizer(data.tokenizer)
@@ -80,7 +108,8 @@ def prepare_pretraining(config, workdir) -> PretrainSetup:
     )
     total = p.max_steps if p.max_steps > 0 else p.num_epochs * len(iterator)
     return PretrainSetup(config, pathlib.Path(workdir).absolute(), make_mesh(), tokenizer, encoder,
-                         mlm_spec_of(config, tokenizer, encoder), iterator, int(total))
+                         mlm_spec_of(config, tokenizer, encoder), iterator, int(total),
+                         output_ids_of(config, segments))
 
 
 def host_arrays(setup: PretrainSetup, batch, seed_parts) -> dict:
@@ -89,6 +118,7 @@ def host_arrays(setup: PretrainSetup, batch, seed_parts) -> dict:
     rng = np.random.default_rng([setup.config.seed, *seed_parts])
     arrays = mlm_arrays(batch.arrays["input_ids"], batch.arrays["word_index"], rng, setup.spec)
     arrays["attention_mask"] = batch.arrays["attention_mask"]
+    arrays["mlm_targets"] = output_targets(arrays["mlm_targets"], arrays["mlm_weights"], setup.output_ids)
     return {k: arrays[k] for k in STEP_KEYS}
 
 
@@ -123,8 +153,9 @@ def create_state(setup: PretrainSetup):
 
 
 def make_pretrain_step(encoder: EncoderConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                       deterministic: bool = False):
-    """One jitted (state, batch) -> (state, {"loss", "grad_norm", "predicted"}); state donated."""
+                       output_ids: np.ndarray | None = None, deterministic: bool = False):
+    """One jitted (state, batch) -> (state, {"loss", "grad_norm", "predicted"}); state donated.
+    `output_ids`: the MLM softmax's ids (batch targets index into it), None for the whole vocabulary."""
 
     def device_grads(params, batch, rng, step):
         key = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index("data"))
@@ -132,7 +163,7 @@ def make_pretrain_step(encoder: EncoderConfig, optimizer: optax.GradientTransfor
 
         def loss_fn(p):
             logits = mlm_logits(encoder, p, batch["input_ids"], batch["attention_mask"], batch["mlm_positions"],
-                                deterministic=deterministic, rngs=None if deterministic else {"dropout": key})
+                                output_ids=output_ids, deterministic=deterministic, rngs=None if deterministic else {"dropout": key})
             return mlm_loss_sum(logits, batch["mlm_targets"], batch["mlm_weights"]) / total
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -151,11 +182,12 @@ def make_pretrain_step(encoder: EncoderConfig, optimizer: optax.GradientTransfor
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_loss(encoder: EncoderConfig, mesh: Mesh):
+def make_eval_loss(encoder: EncoderConfig, mesh: Mesh, output_ids: np.ndarray | None = None):
     """Jitted (params, batch) -> (loss sum, predicted tokens), no dropout: a fixed held-in probe."""
 
     def device_loss(params, batch):
-        logits = mlm_logits(encoder, params, batch["input_ids"], batch["attention_mask"], batch["mlm_positions"])
+        logits = mlm_logits(encoder, params, batch["input_ids"], batch["attention_mask"], batch["mlm_positions"],
+                            output_ids=output_ids)
         return (jax.lax.psum(mlm_loss_sum(logits, batch["mlm_targets"], batch["mlm_weights"]), "data"),
                 jax.lax.psum(jnp.sum(batch["mlm_weights"]), "data"))
 

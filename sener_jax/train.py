@@ -189,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         # is what checkpoints record: the next batch to train on).
         run.train_iterator = Prefetcher(iterator, lambda b: device_batch(b, run.mesh), depth=2)
         with train_guard.StopSignals() as signals:
-            state = run_steps(ctx, state, loop, make_train_step(run.model_config, optimizer, run.mesh), signals)
+            state = run_steps(ctx, state, loop, make_train_step(run.model_config, optimizer, run.mesh,
+                                                                 positive_weight=tconf.get("positive_weight", 1.0)), signals)
         run.train_iterator.close()
         writer.flush()
         results = evaluate_best_and_export(run, state["trainable"] if best.latest_step() is None else None, frozen,

@@ -199,7 +199,8 @@ def device_batch(batch, mesh: Mesh) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, dropout_key=None):
+def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, dropout_key=None,
+             positive_weight: float = 1.0):
     """Sum over the rows of `batch` of row_weight * (BCE summed over the row's valid cells)."""
     logits = band_logits(
         model_config, params, batch["input_ids"], batch["attention_mask"], batch["word_index"], batch["word_mask"],
@@ -212,10 +213,11 @@ def loss_sum(model_config: SenerConfig, params, batch, *, deterministic: bool, d
     if labels is None:  # sparse spans from the host: build the dense targets here, on the device
         labels = band_targets(batch["label_spans"], logits.shape[1], window, logits.shape[3])
     # span_bce_loss is sum(weight * row_loss) / sum(weight): times sum(weight) gives the weighted sum.
-    return span_bce_loss(logits, labels, cells, row_weight=weight) * jnp.sum(weight)
+    return span_bce_loss(logits, labels, cells, row_weight=weight, positive_weight=positive_weight) * jnp.sum(weight)
 
 
-def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *, deterministic: bool = False):
+def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+                    deterministic: bool = False, positive_weight: float = 1.0):
     """The training step: one jitted function (state, frozen, batch) -> (state, {"loss", "grad_norm", "finite"}).
 
     Inside, a shard_map over the "data" axis computes each device's share of the loss, normalised
@@ -223,6 +225,8 @@ def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransfor
     replicated (summed) gradient. `state` is donated. Inputs must already live on `mesh`:
     state/frozen replicated (`replicate`), the batch sharded along rows (`shard_batch`).
     """
+    if not positive_weight > 0:
+        raise ValueError(f"train.positive_weight must be > 0 (1.0: the paper's loss), got {positive_weight}")
 
     def device_grads(trainable, frozen, batch, rng, step):
         key = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index("data"))
@@ -230,7 +234,8 @@ def make_train_step(model_config: SenerConfig, optimizer: optax.GradientTransfor
 
         def loss_fn(train_params):
             params = optim.merge_params(train_params, frozen)
-            return loss_sum(model_config, params, batch, deterministic=deterministic, dropout_key=key) / global_rows
+            return loss_sum(model_config, params, batch, deterministic=deterministic, dropout_key=key,
+                            positive_weight=positive_weight) / global_rows
 
         loss, grads = jax.value_and_grad(loss_fn)(trainable)
         # `trainable` enters replicated (P()); with shard_map's varying-axis checks (check_vma),

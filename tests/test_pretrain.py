@@ -3,6 +3,7 @@ WORKDIR/encoder -> fine-tuning through model.pretrained), plus exact resume."""
 import json
 import pathlib
 import shutil
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from sener_jax.data.synthetic import generate_documents
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig, init_encoder_params
 from sener_jax.models.mlm_head import init_mlm_head_params, mlm_logits
 from sener_jax.pretrain import ENCODER_DIR, LOG_FILE, pretrain
-from sener_jax.pretrain_step import encoder_config_of
+from sener_jax.pretrain_step import corpus_output_ids, encoder_config_of, output_ids_of, output_targets
 
 
 def write_corpus(directory: pathlib.Path, n_docs: int = 12) -> str:
@@ -109,6 +110,37 @@ def test_mlm_head_is_tied_to_the_word_embeddings():
     np.testing.assert_allclose(np.asarray(logits)[0], x @ embedding.T + np.asarray(params["head"]["bias"]),
                                rtol=1e-5, atol=1e-5)
     assert set(params["head"]) == {"transform", "bias"}  # no decoder matrix of its own
+
+
+def test_corpus_output_vocabulary_is_the_full_softmax_restricted_to_the_corpus_ids():
+    config = EncoderConfig.from_dict(dict(pretrain_configs.get_config("tiny").model.encoder.to_dict(), vocab_size=50))
+    params = {"encoder": init_encoder_params(config, jax.random.PRNGKey(0)),
+              "head": init_mlm_head_params(config, jax.random.PRNGKey(1))}
+    params["head"]["bias"] = jax.random.normal(jax.random.PRNGKey(2), (50,))  # a non-zero bias must follow the ids
+    ids = np.array([[1, 7, 8, 9, 2, 0], [1, 30, 7, 44, 9, 2]], np.int32)
+    mask, positions = (ids > 0).astype(np.int32), np.array([[1, 3], [1, 3]], np.int32)
+    segments = [SimpleNamespace(input_ids=row[row > 0]) for row in ids]
+    output_ids = corpus_output_ids(segments)
+    assert output_ids.tolist() == [1, 2, 7, 8, 9, 30, 44]
+    full, restricted = jax.jit(lambda p: (mlm_logits(config, p, ids, mask, positions),
+                                          mlm_logits(config, p, ids, mask, positions, output_ids=output_ids)))(params)
+    np.testing.assert_allclose(np.asarray(restricted), np.asarray(full)[..., output_ids], rtol=1e-6, atol=1e-6)
+    targets, weights = np.array([[7, 9], [30, 0]], np.int32), np.array([[1, 1], [1, 0]], np.float32)
+    columns = output_targets(targets, weights, output_ids)
+    assert output_ids[columns[weights > 0]].tolist() == [7, 9, 30] and columns[1, 1] == 0
+    with pytest.raises(ValueError, match="output vocabulary"):
+        output_targets(np.array([[5]], np.int32), np.ones((1, 1), np.float32), output_ids)
+
+
+def test_output_vocab_choice_is_checked():
+    config = pretrain_configs.get_config("tiny")
+    config.pretrain.output_vocab = "corpus"
+    assert output_ids_of(config, [SimpleNamespace(input_ids=np.array([3, 1]))]).tolist() == [1, 3]
+    config.pretrain.output_vocab = "full"
+    assert output_ids_of(config, []) is None
+    config.pretrain.output_vocab = "some"
+    with pytest.raises(ValueError, match="pretrain.output_vocab"):
+        output_ids_of(config, [])
 
 
 def tiny_pretrain_config(patterns: str, steps: int = 30):

@@ -4,7 +4,9 @@ Hugging Face's DebertaV2ForMaskedLM (`lm_predictions.lm_head` / `cls.predictions
 embedding width) + activation + LayerNorm, then a decoder TIED to the word embeddings (logits =
 h @ E^T) plus a per-token bias. Params: {"transform": {"dense", "LayerNorm"}, "bias": (vocab,)};
 the decoder weight is the encoder's `embeddings/word_embeddings/embedding`, so there is one copy.
-Logits are computed only at gathered positions (B, P), never for every token.
+Logits are computed only at gathered positions (B, P), never for every token, and optionally only
+over an OUTPUT VOCABULARY `output_ids` (the ids that occur in the corpus): the softmax is then exact
+over the tokens the corpus can ask for, and a 128k-way projection shrinks to the corpus's ~36k ids.
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ def init_mlm_head_params(config: EncoderConfig, rng: jax.Array) -> dict:
 
 
 def mlm_logits(config: EncoderConfig, params: dict, input_ids, attention_mask, positions, *,
-               deterministic: bool = True, rngs=None) -> jax.Array:
-    """(B, P, vocab) float32 logits at token `positions` (B, P) of the encoded batch.
+               output_ids=None, deterministic: bool = True, rngs=None) -> jax.Array:
+    """(B, P, V) float32 logits at token `positions` (B, P) of the encoded batch: V = vocab, or
+    len(output_ids) with column j scoring token `output_ids[j]` (targets must then be given as
+    indices into `output_ids`, see `pretrain_step.output_targets`).
 
     `params` = {"encoder": DebertaEncoder params, "head": `init_mlm_head_params`}.
     """
@@ -43,7 +47,11 @@ def mlm_logits(config: EncoderConfig, params: dict, input_ids, attention_mask, p
     gathered = jnp.take_along_axis(hidden.astype(jnp.float32), positions[..., None].astype(jnp.int32), axis=1)
     transformed = MlmTransform(config).apply({"params": params["head"]["transform"]}, gathered)
     embedding = params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
-    return transformed @ embedding.T.astype(jnp.float32) + params["head"]["bias"]
+    bias = params["head"]["bias"]
+    if output_ids is not None:
+        ids = jnp.asarray(output_ids, jnp.int32)
+        embedding, bias = embedding[ids], bias[ids]
+    return transformed @ embedding.T.astype(jnp.float32) + bias
 
 
 def mlm_loss_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
