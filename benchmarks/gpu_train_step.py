@@ -22,13 +22,25 @@ FLOPs per step, two figures:
     params (LoRA + head) x tokens. No recomputation (remat) counted: model FLOPs, not hardware
     FLOPs. The span head's band/BiSPA products are not counted (about 1% at 5,120 tokens).
   - XLA: `compiled.cost_analysis()["flops"]` of the compiled step, where the backend gives one.
-    It counts what XLA runs (remat recompute included) but a while loop's body ONCE, so with
-    scanned layers it is far below the model figure: shown for reference, not used for MFU.
+    It counts what XLA runs (remat recompute included) but a while loop's body ONCE (checked on
+    CPU: a 10-step scan of a matmul reports the FLOPs of one), so with scanned layers it is far
+    below the model figure: shown for reference, not used for MFU.
 MFU = model FLOPs / step time / peak dense bf16 FLOP/s of the device kind (PEAK_FLOPS; n/a when the
 kind is unknown, e.g. CPU).
 
 The table ($OUT/gpu_train_step.md, or --out) is rewritten after every point: a run killed at the
 device's 10-minute limit keeps the rows it finished.
+
+Dependencies on the lent GPU machine: its image has jax, flax, optax, orbax, absl-py and PyYAML but
+not ml_collections, which travels as a wheel in the git-ignored folder .whl/ (downloaded here once,
+from the repository root):
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 -d .whl ml_collections==1.1.0
+`gpu_encoder.sh --train-step` installs every .whl/*.whl into /tmp/site (no index) and puts it on
+PYTHONPATH before running this script. The device call that gives the table:
+  run(command="set -o pipefail; bash benchmarks/gpu_encoder.sh --train-step 2>&1 | tee $OUT/gpu_train_step.log",
+      carry=[".whl"], timeout_s=600)
+(the default --budget-s 540 leaves a minute of the 10-minute command limit for the start.)
 
 Usage (repository root):
   bash benchmarks/gpu_encoder.sh --train-step             # on the GPU machine (installs carried wheels)
