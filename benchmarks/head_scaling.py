@@ -7,6 +7,7 @@ The dense reference is compiled only while its single (L, L, c) score tensor sta
 --dense-cap-gib (it materialises many such tensors plus O(L^3) attention residuals).
 
     python benchmarks/head_scaling.py --sizes 256,512,1024,2048,4096,8192,16384 --markdown
+    python benchmarks/head_scaling.py --sizes 1024,4096 --dense-cap-gib 0 --time-max-band 0 --head-dtype bfloat16
 """
 from __future__ import annotations
 
@@ -68,8 +69,11 @@ def main():
     ap.add_argument("--time-max-dense", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--head-dtype", default="float32", help="SpanHeadConfig.dtype: float32 | bfloat16")
+    ap.add_argument("--no-remat", action="store_true", help="SpanHeadConfig.remat_blocks=False (the plain twin)")
     args = ap.parse_args()
-    cfg = SpanHeadConfig(num_types=args.num_types)  # published head: w' = 128, c = 32, two blocks
+    # published head: w' = 128, c = 32, two blocks
+    cfg = SpanHeadConfig(num_types=args.num_types, dtype=args.head_dtype, remat_blocks=not args.no_remat)
     rows = []
     for length in (int(s) for s in args.sizes.split(",")):
         band = measure(cfg, length, args.input_dim, length <= args.time_max_band, args.repeats)
@@ -87,7 +91,8 @@ def main():
 
     print()
     print(f"device: {jax.devices()[0].device_kind}; B=1, d={args.input_dim}, w'={cfg.band_half_width}, c={cfg.channels}, "
-          f"R={cfg.num_types}, blocks={cfg.num_blocks}, row_chunk={cfg.row_chunk}, fp32, forward+backward")
+          f"R={cfg.num_types}, blocks={cfg.num_blocks}, row_chunk={cfg.row_chunk}, head dtype {cfg.dtype}, "
+          f"remat {cfg.remat_blocks}, forward+backward")
     print()
     print("| words L | band temp MiB | band MiB / L | dense temp MiB | band / dense | band fwd+bwd s | dense fwd+bwd s |")
     print("|---|---|---|---|---|---|---|")

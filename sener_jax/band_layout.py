@@ -48,9 +48,14 @@ def gather_band(per_word: jax.Array, window: int) -> jax.Array:
     """(B, L, F) -> (B, L, K, F) with out[b, i, k] = per_word[b, i + k - w'] (zero outside [0, L))."""
     b, length, f = per_word.shape
     k = 2 * window + 1
-    padded = jnp.pad(per_word, ((0, 0), (window, window), (0, 0)))
-    index = jnp.arange(length)[:, None] + jnp.arange(k)[None, :]
-    return padded[:, index]
+    return _gather_rows(per_word, jnp.arange(length)[:, None] + jnp.arange(k)[None, :] - window)
+
+
+def _gather_rows(x: jax.Array, rows: jax.Array, *index) -> jax.Array:
+    """x[:, rows, *index] with zeros where rows is outside [0, L). A filling gather rather than a
+    gather from a zero-padded copy: no (L + 2w', K, ...) copy of a band tensor is ever made."""
+    rows = jnp.where(rows < 0, x.shape[1], rows)  # negative -> past the end, so "fill" applies
+    return x.at[(slice(None), rows) + index].get(mode="fill", fill_value=0)
 
 
 def band_cell_mask(word_mask: jax.Array, window: int) -> jax.Array:
@@ -66,11 +71,10 @@ def transpose_band(x: jax.Array, window: int) -> jax.Array:
     row-wise op on the result is the column-wise op of SPEC §4.3. The map is an involution.
     """
     b, length, k = x.shape[:3]
-    padded = jnp.pad(x, ((0, 0), (window, window)) + ((0, 0),) * (x.ndim - 2))
     ks = jnp.arange(k)
-    rows = jnp.arange(length)[:, None] + ks[None, :]  # (i + k - w') + w' in padded coordinates
-    cols = (2 * window - ks)[None, :]
-    return padded[:, rows, cols]
+    rows = jnp.arange(length)[:, None] + ks[None, :] - window  # i + k - w'
+    cols = jnp.broadcast_to((2 * window - ks)[None, :], rows.shape)
+    return _gather_rows(x, rows, cols)
 
 
 # --------------------------------------------------------------------------------------------

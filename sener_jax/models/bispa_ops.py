@@ -41,13 +41,14 @@ def _masked_attention(q, k, v, key_valid, query_valid, prob_scale=None):
 
     `prob_scale` (..., N, N): attention-prob dropout factors (0 or 1/(1-p)), None when deterministic."""
     c = q.shape[-1]
-    logits = jnp.einsum("...qc,...kc->...qk", q, k) / math.sqrt(c)
+    # Logits and softmax in float32 whatever the compute dtype (a bf16 head keeps its maps exact-ish).
+    logits = jnp.einsum("...qc,...kc->...qk", q, k, preferred_element_type=jnp.float32) / math.sqrt(c)
     # Fully masked rows are invalid queries (a valid cell is its own key), zeroed below.
     probs = masked_softmax(logits, key_valid[..., None, :], fully_masked="uniform")
     if prob_scale is not None:
         probs = probs * prob_scale
-    out = jnp.einsum("...qk,...kc->...qc", probs, v)
-    return jnp.where(query_valid[..., None], out, 0.0)
+    out = jnp.einsum("...qk,...kc->...qc", probs.astype(v.dtype), v)
+    return jnp.where(query_valid[..., None], out, jnp.zeros((), out.dtype))
 
 
 def _split_qkv(x, kernel, bias):
@@ -91,7 +92,7 @@ def band_row_attention(x, valid, kernel, bias, row_chunk: int, drop_key=None, dr
     dropout, its masks drawn per row (`bispa_dropout`), also one chunk at a time.
     """
     kk, c = x.shape[2:]
-    sin, cos = (jnp.asarray(t) for t in rope_table(np.arange(kk), c))
+    sin, cos = (jnp.asarray(t, x.dtype) for t in rope_table(np.arange(kk), c))
 
     def chunk_fn(start, xc, vc):  # (B, C, K, c), (B, C, K)
         q, k, v = _split_qkv(xc, kernel, bias)
@@ -140,7 +141,7 @@ def dense_row_attention(s, valid, kernel, bias, window: int, drop_key=None, drop
     idx = jnp.arange(length)
     pos = jnp.clip(idx[None, :] - idx[:, None] + window, 0, 2 * window)
     # Index the same K-row table the band impl uses (an (L, L) numpy table would be a huge constant).
-    sin, cos = (jnp.asarray(t)[pos] for t in rope_table(np.arange(2 * window + 1), c))  # (L, L, c/2)
+    sin, cos = (jnp.asarray(t, s.dtype)[pos] for t in rope_table(np.arange(2 * window + 1), c))  # (L, L, c/2)
 
     def one_row(args):
         row, si, vi, sini, cosi = args  # (), (B, L, c), (B, L), (L, c/2)

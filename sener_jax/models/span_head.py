@@ -35,20 +35,14 @@ from sener_jax.models.torch_init import (
     torch_linear_kernel_init,
     torch_xavier_normal_init,
 )
-from sener_jax.band_layout import band_cell_mask, band_from_dense, dense_cell_mask, gather_band, transpose_band
+from sener_jax.band_layout import band_cell_mask, band_from_dense, dense_cell_mask, gather_band
 from sener_jax.config_compat import REFERENCE, head_fields, reference_impl
-from sener_jax.models.bispa_dropout import cell_dropout
-from sener_jax.models.bispa_ops import (
-    band_biaffine,
-    band_row_attention,
-    dense_band_conv,
-    dense_row_attention,
-)
+from sener_jax.models.bispa_block import BISPA_LN_EPS, bispa_block  # noqa: F401  (BISPA_LN_EPS re-exported)
+from sener_jax.models.bispa_ops import band_biaffine
+from sener_jax.models.encoder_config import DTYPES
 
 # Logit written into invalid band cells: sigmoid gives exactly 0, and it is finite in bf16/fp32.
 INVALID_LOGIT = -1e9
-# LayerNorm epsilon inside BiSPA blocks (PyTorch default).
-BISPA_LN_EPS = 1e-5
 
 _IMPLS = ("band", REFERENCE)
 _ALIGNMENTS = ("original", "plus")
@@ -71,7 +65,12 @@ class SpanHeadConfig:
     # Dropout (p = bispa_dropout) on the softmax probabilities of both BiSPA attentions, as the authors.
     bispa_attention_dropout: bool = True
     row_chunk: int = 128  # band impl: rows whose K x K attention maps exist at one time
-    remat_blocks: bool = True  # recompute each BiSPA block in the backward pass (saves only its input)
+    # Rematerialise the biaffine scores and each BiSPA block (as a scan, and inside the block its
+    # three pieces) in the backward pass; False: the plain twin that saves every intermediate.
+    remat_blocks: bool = True
+    # Compute dtype of the head's matmuls/convs ("float32" | "bfloat16"); parameters stay float32,
+    # LayerNorm statistics, attention softmax and the logits are float32 either way.
+    dtype: str = "float32"
 
     def __post_init__(self):
         def check(ok: bool, field: str, expected: str):
@@ -98,6 +97,11 @@ class SpanHeadConfig:
         check(isinstance(self.row_chunk, int) and self.row_chunk >= 1, "row_chunk", "an int >= 1")
         check(isinstance(self.remat_blocks, bool), "remat_blocks", "a bool")
         check(isinstance(self.bispa_attention_dropout, bool), "bispa_attention_dropout", "a bool")
+        check(self.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}")
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
 
     @property
     def band_half_width(self) -> int:
@@ -152,101 +156,75 @@ class _ConvKernel(nn.Module):
         return self.param("kernel", torch_conv_kernel_init(), (3, 3, self.channels, self.channels))
 
 
-def _torch_dense(features_in: int, features_out: int, name: str) -> nn.Dense:
-    """nn.Dense initialised like PyTorch's nn.Linear (the authors' head keeps its defaults)."""
+def _torch_dense(features_in: int, features_out: int, name: str, dtype=jnp.float32) -> nn.Dense:
+    """nn.Dense initialised like PyTorch's nn.Linear (the authors' head keeps its defaults); float32 params,
+    computing in `dtype`."""
     return nn.Dense(
-        features_out, kernel_init=torch_linear_kernel_init(), bias_init=torch_linear_bias_init(features_in), name=name
+        features_out, kernel_init=torch_linear_kernel_init(), bias_init=torch_linear_bias_init(features_in),
+        dtype=dtype, name=name,
     )
 
 
-def _layer_norm(name: str) -> nn.LayerNorm:
-    # use_fast_variance=False: the two-pass variance PyTorch uses (E[x^2]-E[x]^2 loses digits).
-    return nn.LayerNorm(epsilon=BISPA_LN_EPS, use_fast_variance=False, name=name)
+class _LayerNormParams(nn.Module):
+    """Holds a LayerNorm's {scale, bias} (nn.LayerNorm's names and init); applied by bispa_block.layer_norm."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self):
+        return (self.param("scale", nn.initializers.ones, (self.channels,)),
+                self.param("bias", nn.initializers.zeros, (self.channels,)))
+
+
+class _EmbedParams(nn.Module):
+    """Holds the triangle embedding table {embedding (2, c)} (nn.Embed's name)."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self):
+        # The authors' CrossTransformer re-initialises nn.Embedding(2, c) with xavier_normal_ (gain 1).
+        return self.param("embedding", torch_xavier_normal_init(), (2, self.channels))
 
 
 class BiSPABlock(nn.Module):
-    """One BiSPA block (SPEC §4). Band impl: x is (B, L, K, c), mask (B, L, K). Dense impl: x is
-    (B, L, L, c), mask (B, L, L)."""
+    """One BiSPA block (SPEC §4): owns the parameters, computes with `bispa_block.bispa_block`.
+    Band impl: x is (B, L, K, c), mask (B, L, K). Dense impl: x is (B, L, L, c), mask (B, L, L).
+    `keys`: the block's 4 dropout keys (None when deterministic), drawn by the head so that the
+    scanned and the unrolled blocks use the same masks."""
 
     config: SpanHeadConfig
 
     @nn.compact
-    def __call__(self, x, valid, deterministic: bool):
+    def __call__(self, x, valid, keys=None):
         cfg = self.config
-        c, w = cfg.channels, cfg.band_half_width
-        # The authors' CrossTransformer re-initialises nn.Embedding(2, c) with xavier_normal_ (gain 1).
-        pos_embed = nn.Embed(2, c, embedding_init=torch_xavier_normal_init(), name="pos_embed")
-        h_kernel, h_bias = _DenseParams(c, 3 * c, name="h_qkv")()
-        v_kernel, v_bias = _DenseParams(c, 3 * c, name="v_qkv")()
-        dense = _torch_dense(2 * c, c, "dense")
-        ln1 = _layer_norm("LayerNorm")
-        conv1 = _ConvKernel(c, name="conv1")()
-        conv2 = _ConvKernel(c, name="conv2")()
-        ln2 = _layer_norm("LayerNorm2")
-        band = cfg.impl == "band"
-        # Every mask is drawn in band layout (models/bispa_dropout.py) so band == reference in training.
-        keys = [None] * 4
-        if not deterministic and cfg.bispa_dropout > 0.0:
-            keys = list(jax.random.split(self.make_rng("dropout"), 4))
-        att_rate = cfg.bispa_dropout if cfg.bispa_attention_dropout else 0.0
-        key_h, key_v = keys[:2]
+        c = cfg.channels
+        _EmbedParams(c, name="pos_embed")()
+        _DenseParams(c, 3 * c, name="h_qkv")()
+        _DenseParams(c, 3 * c, name="v_qkv")()
+        _DenseParams(2 * c, c, name="dense")()  # PyTorch nn.Linear init, as _torch_dense
+        _LayerNormParams(c, name="LayerNorm")()
+        _ConvKernel(c, name="conv1")()
+        _ConvKernel(c, name="conv2")()
+        _LayerNormParams(c, name="LayerNorm2")()
+        return bispa_block(self.variables["params"], x, valid, _block_keys(keys), cfg, band=cfg.impl == "band",
+                           remat=False, dtype=cfg.compute_dtype)
 
-        def drop(t, key):
-            return cell_dropout(t, key, cfg.bispa_dropout, w, band)
 
-        def mask(t):
-            return jnp.where(valid[..., None], t, 0.0)
-
-        x = mask(x)
-        # 1. triangle embedding: row 0 for the lower triangle (k < w'), row 1 for diagonal-or-upper.
-        if band:
-            upper = np.arange(2 * w + 1) >= w  # (K,)
-        else:
-            idx = jnp.arange(x.shape[1])
-            upper = idx[None, :] >= idx[:, None]  # (L, L): j >= i
-        x = x + pos_embed(jnp.asarray(upper, jnp.int32))
-
-        # 2-3. horizontal (along rows) and vertical (along columns) attention.
-        if band:
-            z_h = band_row_attention(x, valid, h_kernel, h_bias, cfg.row_chunk, key_h, att_rate)
-            y = transpose_band(x, w)  # row i holds the spans that end at word i
-            # mask is transpose-invariant
-            z_v = band_row_attention(y, valid, v_kernel, v_bias, cfg.row_chunk, key_v, att_rate)
-            if cfg.bispa_alignment == "plus":
-                z_v = transpose_band(z_v, w)  # cell (i, j) gets column j's attention at (i, j)
-        else:
-            z_h = dense_row_attention(x, valid, h_kernel, h_bias, w, key_h, att_rate)
-            # column attention: for fixed j over i. Result z_col[i, j] is cell (i, j) in column j.
-            z_col = dense_row_attention(
-                x.swapaxes(1, 2), valid.swapaxes(1, 2), v_kernel, v_bias, w, key_v, att_rate
-            ).swapaxes(1, 2)
-            # "original": cell (i, j) takes the column attention computed at (j, i) (same band index).
-            z_v = z_col if cfg.bispa_alignment == "plus" else z_col.swapaxes(1, 2)
-
-        # 4. merge the two directions, residual, LayerNorm.
-        out = dense(jnp.concatenate([z_h, z_v], axis=-1))
-        z = ln1(x + drop(out, keys[2]))
-
-        # 5. local CNN on the band grid (zero padding), residual, LayerNorm.
-        if band:
-            conv = lambda t, k: jax.lax.conv_general_dilated(  # noqa: E731
-                t, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-        else:
-            conv = lambda t, k: dense_band_conv(t, k, w)  # noqa: E731
-        local = conv(mask(nn.gelu(conv(mask(z), conv1), approximate=False)), conv2)
-        return ln2(z + drop(local, keys[3]))
+def _block_keys(key):
+    """A block's dropout key -> its 4 keys (h attention, v attention, merge, CNN), or 4 Nones."""
+    return [None] * 4 if key is None else list(jax.random.split(key, 4))
 
 
 class SpanHead(nn.Module):
-    """Word vectors (B, L, d) + word mask (B, L) -> band logits (B, L, 2w'+1, R)."""
+    """Word vectors (B, L, d) + word mask (B, L) -> band logits (B, L, 2w'+1, R), float32."""
 
     config: SpanHeadConfig
 
     @nn.compact
     def __call__(self, word_states, word_mask, deterministic: bool = True):
         cfg = self.config
-        c, w, p = cfg.channels, cfg.band_half_width, cfg.biaffine_dim + 1
+        c, w, p, cd = cfg.channels, cfg.band_half_width, cfg.biaffine_dim + 1, cfg.compute_dtype
         if word_states.ndim != 3 or word_mask.shape != word_states.shape[:2]:
             raise ValueError(
                 f"SpanHead: expected word_states (B, L, d) and word_mask (B, L); "
@@ -256,36 +234,38 @@ class SpanHead(nn.Module):
         mlp_drop = nn.Dropout(cfg.mlp_dropout)
 
         def mlp(name):
-            h = _torch_dense(word_states.shape[-1], cfg.biaffine_dim, name)(mlp_drop(word_states, deterministic=deterministic))
+            h = _torch_dense(word_states.shape[-1], cfg.biaffine_dim, name, cd)(
+                mlp_drop(word_states, deterministic=deterministic))
             h = nn.gelu(h, approximate=False)
             return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)  # [h; 1]
 
         h_hat, t_hat = mlp("head_mlp"), mlp("tail_mlp")
         # torch xavier_normal_ over the whole tensors, as the authors: for U (c, p, p) PyTorch's fans are
         # p*p and c*p (std sqrt(2/(p^2 + c p)) = 0.0122 at c=32, p=101), not one slice's.
-        u = self.param("U", torch_xavier_normal_init(), (c, p, p))
-        w_lin = self.param("W", torch_xavier_normal_init(), (c, 2 * p))
+        u = self.param("U", torch_xavier_normal_init(), (c, p, p)).astype(cd)
+        w_lin = self.param("W", torch_xavier_normal_init(), (c, 2 * p)).astype(cd)
         # Linear term as two per-word projections: W_o . [drop(h_i); drop(t_j)] = (W_h drop(h_i))_o + (W_t drop(t_j))_o.
         lin_h = mlp_drop(h_hat, deterministic=deterministic) @ w_lin[:, :p].T  # (B, L, c)
         lin_t = mlp_drop(t_hat, deterministic=deterministic) @ w_lin[:, p:].T
 
         blocks = [BiSPABlock(cfg, name=f"cross_layers_{n}") for n in range(cfg.num_blocks)] if cfg.use_bispa else []
-        down_fc = _torch_dense(c, cfg.num_types, "down_fc")
+        down_fc = _torch_dense(c, cfg.num_types, "down_fc")  # float32: the logits are float32
 
         if cfg.impl == "band":
             valid = band_cell_mask(word_mask, w)
-            x = band_biaffine(h_hat, t_hat, u, cfg.row_chunk, w) + lin_h[:, :, None] + gather_band(lin_t, w)
         else:
             valid = dense_cell_mask(word_mask, w)
-            x = jnp.einsum("bip,opq,bjq->bijo", h_hat, u, t_hat) + lin_h[:, :, None] + lin_t[:, None, :]
-        x = jnp.where(valid[..., None], x, 0.0)
+        x = _biaffine_scores(cfg, h_hat, t_hat, u, lin_h, lin_t, valid)
 
+        keys = [None] * len(blocks)
+        if blocks and not deterministic and cfg.bispa_dropout > 0.0:
+            keys = list(jax.random.split(self.make_rng("dropout"), len(blocks)))
         scores = x
         if blocks and cfg.remat_blocks and not self.is_initializing():
-            scores = _scan_blocks(self, cfg, scores, valid, deterministic)
+            scores = _scan_blocks(self, cfg, scores, valid, keys)
         else:
-            for block in blocks:
-                scores = block(scores, valid, deterministic)
+            for block, key in zip(blocks, keys):
+                scores = block(scores, valid, key)
         if blocks:
             scores = scores + x  # outer residual to the biaffine scores
         logits = down_fc(scores)
@@ -294,29 +274,46 @@ class SpanHead(nn.Module):
         return jnp.where(valid[..., None], logits, INVALID_LOGIT)
 
 
-def _scan_blocks(head: nn.Module, cfg: SpanHeadConfig, scores, valid, deterministic: bool):
+def _biaffine_scores(cfg: SpanHeadConfig, h_hat, t_hat, u, lin_h, lin_t, valid):
+    """Biaffine scores h_i U t_j + W [h_i; t_j] on the band (or the dense (L, L) grid), zero on invalid cells.
+
+    With `remat_blocks` the whole scorer is one checkpoint: its (L, K, c) intermediates (the band
+    product, the gathered linear term, the sum) are recomputed in the backward pass, not saved.
+    """
+    w = cfg.band_half_width
+
+    def scores(h_hat, t_hat, u, lin_h, lin_t):
+        if cfg.impl == "band":
+            x = band_biaffine(h_hat, t_hat, u, cfg.row_chunk, w) + lin_h[:, :, None] + gather_band(lin_t, w)
+        else:
+            x = jnp.einsum("bip,opq,bjq->bijo", h_hat, u, t_hat) + lin_h[:, :, None] + lin_t[:, None, :]
+        return jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
+
+    return (jax.checkpoint(scores) if cfg.remat_blocks else scores)(h_hat, t_hat, u, lin_h, lin_t)
+
+
+def _scan_blocks(head: nn.Module, cfg: SpanHeadConfig, scores, valid, keys):
     """The BiSPA blocks as one rematerialised `lax.scan` over their (stacked) parameters.
 
-    Only each block's input is saved for the backward pass. A loop, not unrolled `nn.remat`
-    blocks: XLA:CPU schedules an unrolled block's recomputation early, so every block's
-    intermediates were live at once (the head measured ~17 (L, K, c) tensors per block). The
-    parameters keep their per-block names (`cross_layers_<n>`, the authors' layout); they are
+    Only each block's input is saved for the backward pass; inside a block, `bispa_block(remat=True)`
+    checkpoints its three pieces, so one piece's intermediates exist at a time. A loop, not
+    unrolled `nn.remat` blocks: XLA:CPU schedules an unrolled block's recomputation early, so every
+    block's intermediates were live at once (the head measured ~17 (L, K, c) tensors per block).
+    The parameters keep their per-block names (`cross_layers_<n>`, the authors' layout); they are
     stacked here, per call (c-sized, negligible).
     """
     names = [f"cross_layers_{n}" for n in range(cfg.num_blocks)]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[head.variables["params"][name] for name in names])
-    keys = None
-    if not deterministic and cfg.bispa_dropout > 0.0:
-        keys = jax.random.split(head.make_rng("dropout"), cfg.num_blocks)
+    stacked_keys = None if keys[0] is None else jnp.stack(keys)
 
     @jax.checkpoint
     def block(carry, params, key):
-        rngs = {"dropout": key} if key is not None else {}
-        return BiSPABlock(cfg).apply({"params": params}, carry, valid, deterministic, rngs=rngs)
+        return bispa_block(params, carry, valid, _block_keys(key), cfg, band=cfg.impl == "band", remat=True,
+                           dtype=cfg.compute_dtype)
 
     def body(carry, xs):
         params, key = xs
         return block(carry, params, key), None
 
-    scores, _ = jax.lax.scan(body, scores, (stacked, keys))
+    scores, _ = jax.lax.scan(body, scores, (stacked, stacked_keys))
     return scores
