@@ -67,7 +67,10 @@ def split_file(source: str, out_dir: pathlib.Path) -> dict[str, str]:
     paths = {}
     for part, indices in parts.items():
         path = out_dir / f"{part}.jsonl"
-        path.write_text("".join(lines[i] + "\n" for i in sorted(indices)), encoding="utf-8")
+        text = "".join(lines[i] + "\n" for i in sorted(indices))
+        # Stages may run as concurrent processes: never rewrite a file another one may be reading.
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
         paths[part] = str(path)
     return paths
 
