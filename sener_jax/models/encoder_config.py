@@ -121,7 +121,8 @@ class SenerSettings:
     # How the banded patterns build their (B, H, N, 2w+1) c2p + p2c bias: "float32" (the reference),
     # "compute" (stored in `dtype`, float32 accumulation), "recompute" (rebuilt in the backward pass),
     # or both ("compute+recompute"). All four are identical in float32 (tests/test_band_bias.py).
-    band_bias: str = "float32"
+    # "recompute" is the default: 1-2% less compiled memory at 8k-16k tokens (benchmarks/RESULTS.md).
+    band_bias: str = "recompute"
 
 
 GEOMETRY_FIELDS = tuple(field.name for field in dataclasses.fields(DebertaGeometry))
