@@ -11,8 +11,9 @@ the per-device batch):
   - "analytic": no compilation. The argument bytes (params, optimizer state, batch) counted
     exactly, plus the step's working bytes as named terms that follow the program's structure
     (saved layer inputs under per-layer remat, then the larger of the head's and one encoder
-    layer's backward working set; `memory_terms`). Within 15% of XLA:CPU's compiled figure on the
-    SciREX geometry (benchmarks/RESULTS.md); a fraction of a second per prediction.
+    layer's backward working set; `memory_terms`). Within 2% of XLA:CPU's compiled figure on the
+    SciREX geometry from 2,048 to 65,536 tokens, but -44% .. +75% on toy configs whose largest
+    tensors differ (benchmarks/RESULTS.md); seconds per prediction (only `eval_shape`).
 
 `longest_input` searches the token lengths (multiples of `step`) for the longest that fits a
 budget; `plan_table` is what `--mode=plan` prints. Nothing here allocates the model: parameters
