@@ -12,7 +12,6 @@ nothing is allocated. `--options` are `EncoderConfig.band_bias` values.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
