@@ -8,13 +8,12 @@ the per-device batch):
     ShapeDtypeStructs and compiled; XLA's buffer assignment reports arguments, outputs, donated
     aliases and temporaries, and peak = arguments + outputs - aliases + temporaries. Exact for the
     backend it compiles for (CPU here; GPU fusion and layouts differ somewhat).
-  - "analytic": no compilation. Parameters (all leaves), optimizer state (the trainable leaves
-    only: frozen ones have none), the batch, plus the peak of live buffers when the step's jaxpr
-    runs in program order (`jaxpr_peak_bytes`: buffers freed after their last use, views free,
-    elementwise results consumed only by fusing ops never written, nested calls / remat / loop
-    bodies adding their own peak). It ignores XLA's scheduling, copy insertion and heap packing,
-    and comes out 13-46% BELOW XLA:CPU's compiled figure (benchmarks/RESULTS.md): an optimistic
-    estimate, seconds per prediction even for DeBERTa-large.
+  - "analytic": no compilation. The argument bytes (params, optimizer state, batch) counted
+    exactly, plus the step's working bytes as named terms that follow the program's structure
+    (saved layer inputs under per-layer remat, then the larger of the head's and one encoder
+    layer's backward working set; `memory_terms`). Within 2% of XLA:CPU's compiled figure on the
+    SciREX geometry from 2,048 to 65,536 tokens, but -44% .. +75% on toy configs whose largest
+    tensors differ (benchmarks/RESULTS.md); seconds per prediction (only `eval_shape`).
 
 `longest_input` searches the token lengths (multiples of `step`) for the longest that fits a
 budget; `plan_table` is what `--mode=plan` prints. Nothing here allocates the model: parameters
@@ -33,7 +32,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sener_jax import optim, train_step
+from sener_jax import memory_terms, optim, train_step
 from sener_jax.data import load_tokenizer
 from sener_jax.models.sener import SenerConfig, band_logits
 from sener_jax.models.span_head import SpanHeadConfig
@@ -153,135 +152,25 @@ def compiled_parts(setup: _Setup, mode: str) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Predictor 2: counts (parameters, optimizer state, activations from autodiff's residuals)
+# Predictor 2: the program's structure as named terms (sener_jax/memory_terms.py), no compilation
 # ----------------------------------------------------------------------------------------------
 
 
-# Primitives XLA turns into no buffer of their own: layout-only views and no-op markers.
-VIEW_PRIMITIVES = frozenset({
-    "reshape", "squeeze", "expand_dims", "pvary", "stop_gradient", "psum_invariant", "copy", "copy_p",
-    "optimization_barrier", "reduce_precision",
-})
-# Elementwise (and slicing/joining) primitives XLA fuses into their consumers: the intermediate
-# is never written to memory.
-ELEMENTWISE_PRIMITIVES = frozenset({
-    "add", "add_any", "sub", "mul", "div", "neg", "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic",
-    "sqrt", "rsqrt", "square", "integer_pow", "pow", "abs", "sign", "max", "min", "erf", "erfc", "erf_inv",
-    "select_n", "convert_element_type", "broadcast_in_dim", "iota", "eq", "ne", "lt", "le", "gt",
-    "ge", "and", "or", "not", "xor", "is_finite", "floor", "ceil", "round", "clamp", "rem", "nextafter",
-    "shift_left", "shift_right_logical", "shift_right_arithmetic", "bitcast_convert_type", "sin", "cos",
-    "slice", "split", "pad", "concatenate", "stack", "unstack", "rev",
-})
-REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin", "reduce_prod", "reduce_and",
-                        "reduce_or"})
-CALLS = frozenset({"jit", "pjit", "closed_call", "core_call"})
-
-
-def _is_fusible(eqn) -> bool:
-    """An elementwise op, or a call (XLA inlines it) made only of elementwise ops and views."""
-    name = eqn.primitive.name
-    if name in ELEMENTWISE_PRIMITIVES or name in VIEW_PRIMITIVES:
-        return True
-    if name in CALLS:
-        return all(_is_fusible(e) for j in _sub_jaxprs(eqn) for e in j.eqns)
-    return False
-
-
-def _nbytes(aval) -> int:
-    shape = getattr(aval, "shape", None)
-    if shape is None:
-        return 0
-    try:
-        itemsize = np.dtype(aval.dtype).itemsize
-    except TypeError:  # extended dtypes (PRNG keys): two uint32 words
-        itemsize = 8
-    return int(np.prod(shape, dtype=np.int64)) * itemsize
-
-
-def _sub_jaxprs(eqn):
-    for value in eqn.params.values():
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            inner = getattr(item, "jaxpr", item)
-            if hasattr(inner, "eqns"):
-                yield inner
-
-
-def _inner_peak(eqn) -> int:
-    """Working bytes a call/loop/branch needs beyond its inputs (loop bodies run one at a time)."""
-    return max((jaxpr_peak_bytes(j) for j in _sub_jaxprs(eqn)), default=0)
-
-
-def jaxpr_peak_bytes(jaxpr) -> int:
-    """Peak bytes of the buffers `jaxpr` allocates (its inputs excluded), executed in program order.
-
-    A buffer is freed after its last use; views cost nothing and keep their source alive; an
-    elementwise result used only by fusing consumers is never materialised (its operands stay
-    alive until those consumers run instead). Nested jaxprs (jit, remat, scan bodies, custom
-    derivative rules, shard_map) add their own peak while they run.
-    """
-    is_var = lambda v: hasattr(v, "aval") and type(v).__name__ != "Literal"  # noqa: E731
-    fusible = [_is_fusible(eqn) for eqn in jaxpr.eqns]
-    # Whether each consumer of a value can absorb its computation (loop and input fusion).
-    absorbs: dict[int, list[bool]] = {}
-    for eqn, f in zip(jaxpr.eqns, fusible):
-        for v in eqn.invars:
-            if is_var(v):
-                absorbs.setdefault(id(v), []).append(f or eqn.primitive.name in REDUCTIONS)
-    returned = {id(v) for v in jaxpr.outvars if is_var(v)}
-    sources: dict[int, frozenset] = {id(v): frozenset() for v in jaxpr.invars}  # inputs: not ours to free
-    size: dict[int, int] = {}
-    last_use: dict[int, int] = {}
-    plan = []
-    for i, eqn in enumerate(jaxpr.eqns):
-        used = frozenset().union(*(sources.get(id(v), frozenset()) for v in eqn.invars if is_var(v)))
-        for s in used:
-            last_use[s] = i
-        name = eqn.primitive.name
-        allocated = []
-        for v in eqn.outvars:
-            fused = name in VIEW_PRIMITIVES or (
-                fusible[i] and id(v) not in returned and all(absorbs.get(id(v), ()))
-            )
-            if fused:
-                sources[id(v)] = used
-            else:
-                sources[id(v)] = frozenset({id(v)})
-                size[id(v)] = _nbytes(v.aval)
-                last_use[id(v)] = i
-                allocated.append(id(v))
-        plan.append((0 if fusible[i] else _inner_peak(eqn), allocated))
-    for v in jaxpr.outvars:
-        for s in sources.get(id(v), frozenset()) if is_var(v) else ():
-            last_use[s] = len(jaxpr.eqns)
-    frees: dict[int, list[int]] = {}
-    for s, i in last_use.items():
-        if s in size:
-            frees.setdefault(i, []).append(s)
-    live = peak = 0
-    for i, (inner, allocated) in enumerate(plan):
-        new = sum(size[s] for s in allocated)
-        peak = max(peak, live + new + inner)
-        live += new
-        live -= sum(size[s] for s in frees.get(i, ()))
-    return max(peak, live)
-
-
 def analytic_memory(setup: _Setup, mode: str) -> dict[str, int]:
-    """Argument bytes (params, optimizer state, batch) + the program's peak working bytes."""
+    """Argument bytes (params, optimizer state, batch), exact, + the step's working bytes as terms."""
     trainable, frozen, state = setup.state["trainable"], setup.frozen, setup.state
     parts = {"params": _bytes(trainable) + _bytes(frozen)}
     if mode == "train":
         # Everything in the state besides the params: optimizer state, step, rng, health counters.
         parts["optimizer"] = _bytes({k: v for k, v in state.items() if k != "trainable"})
         parts["batch"] = _bytes(setup.batch)
-        step = train_step.make_train_step(setup.model_config, setup.optimizer, _one_device_mesh())
-        jaxpr = jax.make_jaxpr(step)(setup.state, setup.frozen, setup.batch).jaxpr
     else:
-        params, arrays = _infer_inputs(setup)
-        parts["batch"] = _bytes(arrays)
-        jaxpr = jax.make_jaxpr(_infer_fn(setup.model_config))(params, arrays).jaxpr
-    parts["working"] = jaxpr_peak_bytes(jaxpr)
-    parts["peak"] = sum(parts.values())
+        parts["batch"] = _bytes(_infer_inputs(setup)[1])
+    batch, n_tokens = setup.batch["input_ids"].shape
+    n_words = setup.batch["word_mask"].shape[1]
+    terms = memory_terms.step_terms(setup.model_config, batch, n_tokens, n_words, mode, grads=_bytes(trainable))
+    parts.update(terms)
+    parts["peak"] = sum(v for k, v in parts.items() if k not in terms) + memory_terms.working_bytes(terms)
     return parts
 
 

@@ -29,6 +29,11 @@ from sener_jax.ops.banded_attention import banded_attention
 
 PATTERNS = ("full", "arrow", "sliding")
 IMPLS = (REFERENCE, "xla", "pallas")
+# How `band_bias` is built and kept (AttentionSettings.band_bias): "float32" stores the bias (and
+# its gradient) in float32, the reference; "compute" stores it in the compute dtype of q (its
+# einsums still accumulate in float32, so float32 runs are unchanged); "recompute" keeps only the
+# projected relative tables and q / k for the backward pass and rebuilds the bias there.
+BAND_BIAS_MODES = ("float32", "compute", "recompute", "compute+recompute")
 LOGN_BASE = 512.0
 
 
@@ -70,6 +75,7 @@ class AttentionSettings:
     window: int = 128
     logn: bool = True
     logn_length: str = "tokens"
+    band_bias: str = "float32"  # one of BAND_BIAS_MODES
     dropout_rate: float = 0.0
 
 
@@ -158,17 +164,36 @@ def _skew_keys_to_queries(by_key: jax.Array, window: int) -> jax.Array:
     return jnp.swapaxes(shifted, -1, -2)
 
 
-def band_bias(q, k, pos_key, pos_query, *, geometry, window):
-    """(B, H, N, 2w+1) relative terms (unscaled) at key i + d - w of query i."""
+def band_bias(q, k, pos_key, pos_query, *, geometry, window, dtype=jnp.float32):
+    """(B, H, N, 2w+1) relative terms (unscaled) at key i + d - w of query i, stored in `dtype`
+    (each dot product accumulates in float32 whatever `dtype`)."""
     index = relative_index(window - np.arange(2 * window + 1), geometry)  # i - j = w - d
     batch, heads, n, _ = q.shape
-    bias = jnp.zeros((batch, heads, n, 2 * window + 1), jnp.float32)
+    bias = jnp.zeros((batch, heads, n, 2 * window + 1), dtype)
     if pos_key is not None:
-        bias = bias + _einsum("bhid,hed->bhie", q, pos_key[:, index])
+        bias = bias + jnp.einsum("bhid,hed->bhie", q, pos_key[:, index], preferred_element_type=dtype)
     if pos_query is not None:
-        by_key = _einsum("bhjd,hed->bhej", k, pos_query[:, index])
+        by_key = jnp.einsum("bhjd,hed->bhej", k, pos_query[:, index], preferred_element_type=dtype)
         bias = bias + _skew_keys_to_queries(by_key, window)
     return bias
+
+
+def scaled_band_bias(q, k, pos_key, pos_query, *, geometry, window, scale, mode="float32"):
+    """`band_bias` / scale, stored and differentiated as `mode` (one of BAND_BIAS_MODES) says."""
+    if mode not in BAND_BIAS_MODES:
+        raise ValueError(f"band_bias must be one of {BAND_BIAS_MODES}, got {mode!r}")
+
+    dtype = q.dtype if "compute" in mode else jnp.float32
+
+    def build(q, k, pos_key, pos_query):
+        # In "compute" mode the c2p / p2c dots write `dtype` directly (float32 accumulation inside
+        # the dot): no float32 (B, H, N, 2w+1) buffer is ever written.
+        bias = band_bias(q, k, pos_key, pos_query, geometry=geometry, window=window, dtype=dtype)
+        return (bias.astype(jnp.float32) / scale).astype(dtype)
+
+    if "recompute" in mode:
+        build = jax.checkpoint(build, policy=jax.checkpoint_policies.nothing_saveable)
+    return build(q, k, pos_key, pos_query)
 
 
 def cls_column_logits(q, k, pos_key, pos_query, *, geometry):
@@ -204,7 +229,8 @@ def banded_pattern_attention(q, k, v, pos_key, pos_query, token_mask, *, geometr
     band_rng = cls_rng = None
     if dropout_rng is not None and settings.dropout_rate > 0.0:
         band_rng, cls_rng = jax.random.split(dropout_rng)
-    bias = band_bias(q, k, pos_key, pos_query, geometry=geometry, window=window) / scale
+    bias = scaled_band_bias(q, k, pos_key, pos_query, geometry=geometry, window=window, scale=scale,
+                            mode=settings.band_bias)
     q_scaled = (q.astype(jnp.float32) / scale).astype(q.dtype)
     options = dict(window=window, impl=settings.impl)
     if settings.dropout_rate > 0.0 and band_rng is not None:

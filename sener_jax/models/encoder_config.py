@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from sener_jax.config_compat import reference_impl, remat_policy
-from sener_jax.models.disentangled_attention import IMPLS, PATTERNS, AttentionSettings, RelativeGeometry
+from sener_jax.models.disentangled_attention import (
+    BAND_BIAS_MODES, IMPLS, PATTERNS, AttentionSettings, RelativeGeometry,
+)
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -116,6 +118,11 @@ class SenerSettings:
     dtype: str = "float32"
     remat: str = "none"  # a key of REMAT_POLICIES (True / False: the old spelling)
     scan_layers: bool = True  # False: the unrolled reference (one layer_<n> module per layer)
+    # How the banded patterns build their (B, H, N, 2w+1) c2p + p2c bias: "float32" (the reference),
+    # "compute" (stored in `dtype`, float32 accumulation), "recompute" (rebuilt in the backward pass),
+    # or both ("compute+recompute"). All four are identical in float32 (tests/test_band_bias.py).
+    # "recompute" is the default: 1-2% less compiled memory at 8k-16k tokens (benchmarks/RESULTS.md).
+    band_bias: str = "recompute"
 
 
 GEOMETRY_FIELDS = tuple(field.name for field in dataclasses.fields(DebertaGeometry))
@@ -148,6 +155,7 @@ class EncoderConfig(SenerSettings, DebertaGeometry):
             ("lora_rank", self.lora_rank >= 0, ">= 0"),
             ("dtype", self.dtype in DTYPES, f"one of {sorted(DTYPES)}"),
             ("remat", self.remat in REMAT_POLICIES, f"one of {sorted(REMAT_POLICIES)}"),
+            ("band_bias", self.band_bias in BAND_BIAS_MODES, f"one of {list(BAND_BIAS_MODES)}"),
             ("max_position_embeddings", self.max_position_embeddings > 0, "> 0"),
             ("embedding_size", self.embedding_size is None or self.embedding_size > 0, "> 0"),
         ]
@@ -201,6 +209,7 @@ class EncoderConfig(SenerSettings, DebertaGeometry):
             window=self.window,
             logn=self.logn,
             logn_length=self.logn_length,
+            band_bias=self.band_bias,
             dropout_rate=0.0 if deterministic else float(self.attention_probs_dropout_prob),
         )
 

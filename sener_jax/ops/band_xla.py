@@ -113,12 +113,12 @@ def banded_attention_xla(
     mask_windows = _key_windows(
         _pad_axis(key_mask.astype(jnp.float32), 1, 0, extra)[..., None], size, n_blocks, neighbours
     )[..., 0] > 0.5  # (B, n_blocks, K)
-    bias_blocks = _pad_axis(bias.astype(jnp.float32), 2, 0, extra).reshape(
-        batch, heads, n_blocks, size, 2 * window + 1
-    )
+    # The bias keeps its own dtype (a bfloat16 bias stays half the size) through the padding and
+    # the skew; it joins the float32 logits only in the fused add.
+    bias_blocks = _pad_axis(bias, 2, 0, extra).reshape(batch, heads, n_blocks, size, 2 * window + 1)
 
     logits = jnp.einsum("bhcrd,bhctd->bhcrt", q_blocks, k_windows, preferred_element_type=jnp.float32)
-    logits = logits + _band_to_slots(bias_blocks, window, size, neighbours)
+    logits = logits + _band_to_slots(bias_blocks, window, size, neighbours).astype(jnp.float32)
     valid = jnp.asarray(_static_band_mask(window, size, neighbours))[None, None, None] & mask_windows[:, None, :, None, :]
     if global_logit is None:
         probs = masked_softmax(logits, valid, fully_masked="zeros")
