@@ -54,6 +54,10 @@ _STAGES = flags.DEFINE_list("stages", ["pretrain", "random", "pretrained", "repo
 _PRETRAIN_BATCH = flags.DEFINE_integer("pretrain_batch", 16, "Pretraining batch (segments).")
 _PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 5e-4, "Pretraining peak learning rate.")
 _POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 1.0, "train.positive_weight of both arms (1.0: the paper).")
+# The demo's rates (configs/demo.py): a random 4 x 128 encoder learns nothing in 3 epochs at 5e-4 / 1e-3.
+_LR_ENCODER = flags.DEFINE_float("lr_encoder", 1.5e-3, "Fine-tuning peak LR of the encoder (both arms).")
+_LR_HEAD = flags.DEFINE_float("lr_head", 3e-3, "Fine-tuning peak LR of the span head (both arms).")
+_MAX_SPAN_WORDS = flags.DEFINE_integer("max_span_words", 65, "Longest span the head scores (both arms).")
 ARMS = ("random", "pretrained")
 
 
@@ -96,12 +100,12 @@ def finetune_config(dataset: str, paths: dict, pretrained: str):
     config.model.encoder = small.model.encoder
     config.model.pretrained = pretrained
     # No BiSPA block: on CPU one block multiplies the step time by ~10 (configs/demo.py); both arms alike.
-    config.model.head.update(dict(biaffine_dim=64, channels=16, num_blocks=0))
+    config.model.head.update(dict(biaffine_dim=64, channels=16, num_blocks=0, max_span_words=_MAX_SPAN_WORDS.value))
     config.data.update(dict(train_path=paths["train"], dev_path=paths["dev"], test_path=paths["test"],
                             tokenizer=small.data.tokenizer, max_tokens=_MAX_TOKENS.value, overlap_words=64,
                             token_bucket_base=_MAX_TOKENS.value,
                             word_bucket_base=_MAX_TOKENS.value))  # one bucket: one compiled program
-    config.train.update(dict(finetune="full", lr_encoder=5e-4, lr_head=1e-3, batch_size=8,
+    config.train.update(dict(finetune="full", lr_encoder=_LR_ENCODER.value, lr_head=_LR_HEAD.value, batch_size=8,
                              num_epochs=_EPOCHS.value, patience=max(3, _EPOCHS.value // 4), log_every_steps=20,
                              positive_weight=_POSITIVE_WEIGHT.value))
     config.eval.splits = ("dev", "test")
@@ -144,7 +148,8 @@ def finetune_arm(workdir: pathlib.Path, splits: dict, dataset: str, arm: str) ->
     start = time.perf_counter()
     results = train_and_evaluate(finetune_config(dataset, splits[dataset], pretrained), out)
     summary = {**summarise(results), "wall_s": time.perf_counter() - start, "positive_weight": _POSITIVE_WEIGHT.value,
-               "epochs": _EPOCHS.value}
+               "epochs": _EPOCHS.value, "lr_encoder": _LR_ENCODER.value, "lr_head": _LR_HEAD.value,
+               "max_span_words": _MAX_SPAN_WORDS.value}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
