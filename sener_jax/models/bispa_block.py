@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sener_jax.band_layout import transpose_band
-from sener_jax.models.bispa_dropout import cell_dropout
-from sener_jax.models.bispa_ops import band_row_attention, dense_band_conv, dense_row_attention
+from sener_jax.models.bispa_dropout import apply_keep, band_cell_keep, cell_dropout
+from sener_jax.models.bispa_ops import (
+    band_row_attention, dense_band_conv, dense_row_attention, map_row_chunks, transpose_band_rows,
+)
 
 # LayerNorm epsilon inside BiSPA blocks (PyTorch default).
 BISPA_LN_EPS = 1e-5
@@ -37,14 +39,42 @@ def layer_norm(x, scale, bias, dtype):
     return ((xf - mean) * mul + bias).astype(dtype)
 
 
-def _band_conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _band_conv(x, kernel, rows_padding="SAME"):
+    # padding: "SAME" on the whole band; on a row chunk with its halo, "VALID" in rows (the halo is
+    # the zero padding or the neighbouring rows) and "SAME" (zero padding) in k.
+    padding = "SAME" if rows_padding == "SAME" else ((0, 0), (1, 1))
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _masked(t, valid):
+    return jnp.where(valid[..., None], t, jnp.zeros((), t.dtype))
+
+
+def _merge(p, x, z_h, z_v, drop, dtype):
+    """Merge of the two attention directions, dropout, residual to the embedded input x, LayerNorm."""
+    out = jnp.concatenate([z_h, z_v], axis=-1) @ jnp.asarray(p["dense"]["kernel"], dtype) + jnp.asarray(
+        p["dense"]["bias"], dtype)
+    return layer_norm(x + drop(out), p["LayerNorm"]["scale"], p["LayerNorm"]["bias"], dtype)
+
+
+def _cnn(p, z, valid, conv, drop, dtype, halo=0):
+    """Local CNN (conv, GELU, conv; zero padding), dropout, residual, LayerNorm. With `halo` = 2, z and
+    valid carry 2 extra rows each side (`map_row_chunks`) and the convs are row-VALID."""
+    hidden = jax.nn.gelu(conv(_masked(z, valid), jnp.asarray(p["conv1"]["kernel"], dtype)), approximate=False)
+    inner = slice(halo // 2, valid.shape[1] - halo // 2)  # the rows of hidden
+    local = conv(_masked(hidden, valid[:, inner]), jnp.asarray(p["conv2"]["kernel"], dtype))
+    z = z[:, halo:z.shape[1] - halo]
+    return layer_norm(z + drop(local), p["LayerNorm2"]["scale"], p["LayerNorm2"]["bias"], dtype)
 
 
 def bispa_block(p, x, valid, keys, cfg, *, band: bool, remat: bool, dtype):
     """x (B, L, K, c) band or (B, L, L, c) dense, valid the matching cell mask; p the block's params
     (float32, cast to `dtype` at use); keys: 4 dropout keys or Nones (h attention, v attention,
-    merge, CNN). Returns the block output in `dtype`."""
+    merge, CNN). Returns the block output in `dtype`.
+
+    Band with `remat`: the per-cell merge and the local CNN also run `row_chunk` rows at a time
+    (`map_row_chunks`, the CNN with a 2-row halo), so their (L, K, c) intermediates only ever exist
+    one chunk at a time; their dropout masks are drawn whole (bool) and sliced per chunk."""
     w = cfg.band_half_width
     att_rate = cfg.bispa_dropout if cfg.bispa_attention_dropout else 0.0
     cast = lambda t: jnp.asarray(t, dtype)  # noqa: E731
@@ -53,24 +83,24 @@ def bispa_block(p, x, valid, keys, cfg, *, band: bool, remat: bool, dtype):
     def drop(t, key):
         return cell_dropout(t, key, cfg.bispa_dropout, w, band).astype(dtype)
 
-    def mask(t):
-        return jnp.where(valid[..., None], t, jnp.zeros((), t.dtype))
-
     def qkv(name):
         return cast(p[name]["kernel"]), cast(p[name]["bias"])
 
-    def embed(p, x):  # masked input + triangle embedding (cheap: recomputed by both halves)
-        x = mask(cast(x))
+    if band:
+        upper = jnp.asarray(np.arange(2 * w + 1) >= w, jnp.int32)  # (K,): row 1 for diagonal-or-upper
+    else:
+        idx = jnp.arange(x.shape[1])
+        upper = jnp.asarray(idx[None, :] >= idx[:, None], jnp.int32)  # (L, L): j >= i
+
+    def embed(p, x, valid=valid):  # masked input + triangle embedding (cheap: recomputed where needed)
         # row 0 of pos_embed for the lower triangle (k < w'), row 1 for diagonal-or-upper.
-        if band:
-            upper = np.arange(2 * w + 1) >= w  # (K,)
-        else:
-            idx = jnp.arange(x.shape[1])
-            upper = idx[None, :] >= idx[:, None]  # (L, L): j >= i
-        return x + cast(p["pos_embed"]["embedding"])[jnp.asarray(upper, jnp.int32)]
+        return _masked(cast(x), valid) + cast(p["pos_embed"]["embedding"])[upper]
 
     @maybe_remat
     def row_half(p, x):  # row attention
+        if band and remat:  # the embedding is made one row chunk at a time
+            return band_row_attention(x, valid, *qkv("h_qkv"), cfg.row_chunk, keys[0], att_rate,
+                                      prep=lambda xc, vc: (embed(p, xc, vc), vc))
         x = embed(p, x)
         if band:
             z_h = band_row_attention(x, valid, *qkv("h_qkv"), cfg.row_chunk, keys[0], att_rate)
@@ -78,30 +108,64 @@ def bispa_block(p, x, valid, keys, cfg, *, band: bool, remat: bool, dtype):
             z_h = dense_row_attention(x, valid, *qkv("h_qkv"), w, keys[0], att_rate)
         return z_h
 
+    def keep_mask(key, like):
+        return band_cell_keep(key, like.shape[:3] + (cfg.channels,), cfg.bispa_dropout)
+
+    def chunked(fn, *arrays, halo=0):  # fn(start, *chunks, keep_chunk_or_None) over row chunks
+        if arrays[-1] is None:
+            return map_row_chunks(lambda s, *a: fn(s, *a, None), cfg.row_chunk, *arrays[:-1], halo=halo)
+        return map_row_chunks(fn, cfg.row_chunk, *arrays, halo=halo)
+
+    def chunk_drop(keep):
+        return lambda t: apply_keep(t, keep, cfg.bispa_dropout).astype(dtype)
+
     @maybe_remat
     def column_half(p, x, z_h):  # column attention, merge of the directions, residual, LayerNorm
-        x = embed(p, x)
         if band:
-            y = transpose_band(x, w)  # row i holds the spans that end at word i; mask is transpose-invariant
-            z_v = band_row_attention(y, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate)
+            if remat:  # the embedded, transposed rows are made one chunk at a time, from w' halo rows
+                def prep(xc, vc):  # cells past the ends get pos_embed, not 0: invalid, masked either way
+                    return transpose_band_rows(embed(p, xc, vc), w), vc[:, w:vc.shape[1] - w]
+
+                if cfg.bispa_alignment == "original":  # the merge too, on the same rows: z_v never exists whole
+                    keep = keep_mask(keys[2], x)
+
+                    def merge_rows(z_v, xc, vc, z_h, *kc):
+                        rows = slice(w, xc.shape[1] - w)
+                        drop_c = chunk_drop(kc[0] if kc else None)
+                        return _merge(p, embed(p, xc[:, rows], vc[:, rows]), z_h, z_v, drop_c, dtype)
+
+                    return band_row_attention(x, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate, prep=prep,
+                                              halo=w, post=merge_rows, extra=(z_h,) + (() if keep is None else (keep,)))
+                z_v = band_row_attention(x, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate,
+                                         prep=prep, halo=w)
+            else:
+                y = transpose_band(embed(p, x), w)  # row i holds the spans that end at word i; mask is transpose-invariant
+                z_v = band_row_attention(y, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate)
             if cfg.bispa_alignment == "plus":
                 z_v = transpose_band(z_v, w)  # cell (i, j) gets column j's attention at (i, j)
-        else:
-            # column attention: for fixed j over i. z_col[i, j] is cell (i, j) in column j.
-            z_col = dense_row_attention(
-                x.swapaxes(1, 2), valid.swapaxes(1, 2), *qkv("v_qkv"), w, keys[1], att_rate
-            ).swapaxes(1, 2)
-            # "original": cell (i, j) takes the column attention computed at (j, i) (same band index).
-            z_v = z_col if cfg.bispa_alignment == "plus" else z_col.swapaxes(1, 2)
-        kernel, bias = qkv("dense")
-        out = jnp.concatenate([z_h, z_v], axis=-1) @ kernel + bias
-        return layer_norm(x + drop(out, keys[2]), p["LayerNorm"]["scale"], p["LayerNorm"]["bias"], dtype)
+            if remat:
+                merge = lambda s, xc, vc, zh, zv, kc: _merge(p, embed(p, xc, vc), zh, zv, chunk_drop(kc), dtype)  # noqa: E731
+                return chunked(merge, x, valid, z_h, z_v, keep_mask(keys[2], x))
+            return _merge(p, embed(p, x), z_h, z_v, lambda t: drop(t, keys[2]), dtype)
+        x = embed(p, x)
+        # column attention: for fixed j over i. z_col[i, j] is cell (i, j) in column j.
+        z_col = dense_row_attention(
+            x.swapaxes(1, 2), valid.swapaxes(1, 2), *qkv("v_qkv"), w, keys[1], att_rate
+        ).swapaxes(1, 2)
+        # "original": cell (i, j) takes the column attention computed at (j, i) (same band index).
+        z_v = z_col if cfg.bispa_alignment == "plus" else z_col.swapaxes(1, 2)
+        return _merge(p, x, z_h, z_v, lambda t: drop(t, keys[2]), dtype)
 
     @maybe_remat
     def cnn_half(p, z):  # local CNN on the band grid (zero padding), residual, LayerNorm
-        conv = _band_conv if band else (lambda t, k: dense_band_conv(t, k, w))
-        hidden = jax.nn.gelu(conv(mask(z), cast(p["conv1"]["kernel"])), approximate=False)
-        local = conv(mask(hidden), cast(p["conv2"]["kernel"]))
-        return layer_norm(z + drop(local, keys[3]), p["LayerNorm2"]["scale"], p["LayerNorm2"]["bias"], dtype)
+        if band and not remat:
+            return _cnn(p, z, valid, _band_conv, lambda t: drop(t, keys[3]), dtype)
+        if band:
+            conv = lambda t, k: _band_conv(t, k, "VALID")  # noqa: E731
+            def cnn(s, zc, vc, kc):  # kc comes with the halo rows too; the dropout is on the chunk's rows
+                return _cnn(p, zc, vc, conv, chunk_drop(None if kc is None else kc[:, 2:-2]), dtype, halo=2)
+
+            return chunked(cnn, z, valid, keep_mask(keys[3], z), halo=2)
+        return _cnn(p, z, valid, lambda t, k: dense_band_conv(t, k, w), lambda t: drop(t, keys[3]), dtype)
 
     return cnn_half(p, column_half(p, x, row_half(p, x)))

@@ -64,7 +64,9 @@ class SpanHeadConfig:
     bispa_dropout: float = 0.2
     # Dropout (p = bispa_dropout) on the softmax probabilities of both BiSPA attentions, as the authors.
     bispa_attention_dropout: bool = True
-    row_chunk: int = 128  # band impl: rows whose K x K attention maps exist at one time
+    # band impl: rows whose K x K attention maps (and merge / CNN intermediates) exist at one time. 32:
+    # at 128 rows one chunk's maps are as large as a whole (L, K, c) tensor at L = 1,024.
+    row_chunk: int = 32
     # Rematerialise the biaffine scores and each BiSPA block (as a scan, and inside the block its
     # three pieces) in the backward pass; False: the plain twin that saves every intermediate.
     remat_blocks: bool = True
