@@ -67,18 +67,79 @@ def _cnn(p, z, valid, conv, drop, dtype, halo=0):
     return layer_norm(z + drop(local), p["LayerNorm2"]["scale"], p["LayerNorm2"]["bias"], dtype)
 
 
+def _embed(p, x, valid, upper, dtype):
+    """Masked input + triangle embedding: row 0 of pos_embed for the lower triangle (k < w'), row 1
+    for diagonal-or-upper (`upper`: (K,) band or (L, L) dense). Cheap: recomputed where needed."""
+    return _masked(jnp.asarray(x, dtype), valid) + jnp.asarray(p["pos_embed"]["embedding"], dtype)[upper]
+
+
+def _band_upper(window: int):
+    return jnp.asarray(np.arange(2 * window + 1) >= window, jnp.int32)
+
+
+def _keep_mask(key, like, cfg):
+    return band_cell_keep(key, like.shape[:3] + (cfg.channels,), cfg.bispa_dropout)
+
+
+def _chunk_drop(keep, cfg, dtype):
+    return lambda t: apply_keep(t, keep, cfg.bispa_dropout).astype(dtype)
+
+
+def _rows_column_half(p, x, valid, z_h, keys, cfg, dtype, att_rate):
+    """Band, remat: column attention on the transposed band made one row chunk at a time from the
+    chunk's rows with a w'-row halo; with "original" alignment the merge + LayerNorm run on the
+    same chunk, so neither the transposed band nor z_v ever exists whole."""
+    w, upper = cfg.band_half_width, _band_upper(cfg.band_half_width)
+    kernel, bias = (jnp.asarray(p["v_qkv"][n], dtype) for n in ("kernel", "bias"))
+
+    def prep(xc, vc):  # cells past the ends get pos_embed, not 0 as in transpose_band: invalid, masked either way
+        return transpose_band_rows(_embed(p, xc, vc, upper, dtype), w), vc[:, w:vc.shape[1] - w]
+
+    keep = _keep_mask(keys[2], x, cfg)
+    kept = () if keep is None else (keep,)
+    if cfg.bispa_alignment == "original":
+        def merge_rows(z_v, xc, vc, z_h, *kc):
+            rows = slice(w, xc.shape[1] - w)
+            drop = _chunk_drop(kc[0] if kc else None, cfg, dtype)
+            return _merge(p, _embed(p, xc[:, rows], vc[:, rows], upper, dtype), z_h, z_v, drop, dtype)
+
+        return band_row_attention(x, valid, kernel, bias, cfg.row_chunk, keys[1], att_rate, prep=prep, halo=w,
+                                  post=merge_rows, extra=(z_h,) + kept)
+    z_v = band_row_attention(x, valid, kernel, bias, cfg.row_chunk, keys[1], att_rate, prep=prep, halo=w)
+    z_v = transpose_band(z_v, w)  # "plus": cell (i, j) gets column j's attention at (i, j)
+
+    def merge(s, xc, vc, zh, zv, *kc):
+        drop = _chunk_drop(kc[0] if kc else None, cfg, dtype)
+        return _merge(p, _embed(p, xc, vc, upper, dtype), zh, zv, drop, dtype)
+
+    return map_row_chunks(merge, cfg.row_chunk, x, valid, z_h, z_v, *kept)
+
+
+def _rows_cnn_half(p, z, valid, key, cfg, dtype):
+    """Band, remat: the local CNN + LayerNorm one row chunk at a time, with a 2-row halo."""
+    conv = lambda t, k: _band_conv(t, k, "VALID")  # noqa: E731
+    keep = _keep_mask(key, z, cfg)
+
+    def cnn(s, zc, vc, *kc):  # kc comes with the halo rows too; the dropout is on the chunk's rows
+        return _cnn(p, zc, vc, conv, _chunk_drop(kc[0][:, 2:-2] if kc else None, cfg, dtype), dtype, halo=2)
+
+    return map_row_chunks(cnn, cfg.row_chunk, z, valid, *(() if keep is None else (keep,)), halo=2)
+
+
 def bispa_block(p, x, valid, keys, cfg, *, band: bool, remat: bool, dtype):
     """x (B, L, K, c) band or (B, L, L, c) dense, valid the matching cell mask; p the block's params
     (float32, cast to `dtype` at use); keys: 4 dropout keys or Nones (h attention, v attention,
     merge, CNN). Returns the block output in `dtype`.
 
-    Band with `remat`: the per-cell merge and the local CNN also run `row_chunk` rows at a time
-    (`map_row_chunks`, the CNN with a 2-row halo), so their (L, K, c) intermediates only ever exist
-    one chunk at a time; their dropout masks are drawn whole (bool) and sliced per chunk."""
+    Band with `remat`: the embedding, the band transpose, the per-cell merge and the local CNN also
+    run `row_chunk` rows at a time (`map_row_chunks`; `_rows_column_half`, `_rows_cnn_half`), so
+    their (L, K, c) intermediates only ever exist one chunk at a time; their dropout masks are
+    drawn whole (bool) and applied per chunk. Without `remat` (the plain twin) they run whole."""
     w = cfg.band_half_width
     att_rate = cfg.bispa_dropout if cfg.bispa_attention_dropout else 0.0
     cast = lambda t: jnp.asarray(t, dtype)  # noqa: E731
     maybe_remat = jax.checkpoint if remat else (lambda f: f)
+    rows = band and remat
 
     def drop(t, key):
         return cell_dropout(t, key, cfg.bispa_dropout, w, band).astype(dtype)
@@ -87,67 +148,35 @@ def bispa_block(p, x, valid, keys, cfg, *, band: bool, remat: bool, dtype):
         return cast(p[name]["kernel"]), cast(p[name]["bias"])
 
     if band:
-        upper = jnp.asarray(np.arange(2 * w + 1) >= w, jnp.int32)  # (K,): row 1 for diagonal-or-upper
+        upper = _band_upper(w)
     else:
         idx = jnp.arange(x.shape[1])
         upper = jnp.asarray(idx[None, :] >= idx[:, None], jnp.int32)  # (L, L): j >= i
 
-    def embed(p, x, valid=valid):  # masked input + triangle embedding (cheap: recomputed where needed)
-        # row 0 of pos_embed for the lower triangle (k < w'), row 1 for diagonal-or-upper.
-        return _masked(cast(x), valid) + cast(p["pos_embed"]["embedding"])[upper]
+    def embed(p, x):
+        return _embed(p, x, valid, upper, dtype)
 
     @maybe_remat
     def row_half(p, x):  # row attention
-        if band and remat:  # the embedding is made one row chunk at a time
+        if rows:  # the embedding is made one row chunk at a time
             return band_row_attention(x, valid, *qkv("h_qkv"), cfg.row_chunk, keys[0], att_rate,
-                                      prep=lambda xc, vc: (embed(p, xc, vc), vc))
+                                      prep=lambda xc, vc: (_embed(p, xc, vc, upper, dtype), vc))
         x = embed(p, x)
         if band:
-            z_h = band_row_attention(x, valid, *qkv("h_qkv"), cfg.row_chunk, keys[0], att_rate)
-        else:
-            z_h = dense_row_attention(x, valid, *qkv("h_qkv"), w, keys[0], att_rate)
-        return z_h
-
-    def keep_mask(key, like):
-        return band_cell_keep(key, like.shape[:3] + (cfg.channels,), cfg.bispa_dropout)
-
-    def chunked(fn, *arrays, halo=0):  # fn(start, *chunks, keep_chunk_or_None) over row chunks
-        if arrays[-1] is None:
-            return map_row_chunks(lambda s, *a: fn(s, *a, None), cfg.row_chunk, *arrays[:-1], halo=halo)
-        return map_row_chunks(fn, cfg.row_chunk, *arrays, halo=halo)
-
-    def chunk_drop(keep):
-        return lambda t: apply_keep(t, keep, cfg.bispa_dropout).astype(dtype)
+            return band_row_attention(x, valid, *qkv("h_qkv"), cfg.row_chunk, keys[0], att_rate)
+        return dense_row_attention(x, valid, *qkv("h_qkv"), w, keys[0], att_rate)
 
     @maybe_remat
     def column_half(p, x, z_h):  # column attention, merge of the directions, residual, LayerNorm
+        if rows:
+            return _rows_column_half(p, x, valid, z_h, keys, cfg, dtype, att_rate)
+        x = embed(p, x)
         if band:
-            if remat:  # the embedded, transposed rows are made one chunk at a time, from w' halo rows
-                def prep(xc, vc):  # cells past the ends get pos_embed, not 0: invalid, masked either way
-                    return transpose_band_rows(embed(p, xc, vc), w), vc[:, w:vc.shape[1] - w]
-
-                if cfg.bispa_alignment == "original":  # the merge too, on the same rows: z_v never exists whole
-                    keep = keep_mask(keys[2], x)
-
-                    def merge_rows(z_v, xc, vc, z_h, *kc):
-                        rows = slice(w, xc.shape[1] - w)
-                        drop_c = chunk_drop(kc[0] if kc else None)
-                        return _merge(p, embed(p, xc[:, rows], vc[:, rows]), z_h, z_v, drop_c, dtype)
-
-                    return band_row_attention(x, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate, prep=prep,
-                                              halo=w, post=merge_rows, extra=(z_h,) + (() if keep is None else (keep,)))
-                z_v = band_row_attention(x, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate,
-                                         prep=prep, halo=w)
-            else:
-                y = transpose_band(embed(p, x), w)  # row i holds the spans that end at word i; mask is transpose-invariant
-                z_v = band_row_attention(y, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate)
+            y = transpose_band(x, w)  # row i holds the spans that end at word i; mask is transpose-invariant
+            z_v = band_row_attention(y, valid, *qkv("v_qkv"), cfg.row_chunk, keys[1], att_rate)
             if cfg.bispa_alignment == "plus":
                 z_v = transpose_band(z_v, w)  # cell (i, j) gets column j's attention at (i, j)
-            if remat:
-                merge = lambda s, xc, vc, zh, zv, kc: _merge(p, embed(p, xc, vc), zh, zv, chunk_drop(kc), dtype)  # noqa: E731
-                return chunked(merge, x, valid, z_h, z_v, keep_mask(keys[2], x))
-            return _merge(p, embed(p, x), z_h, z_v, lambda t: drop(t, keys[2]), dtype)
-        x = embed(p, x)
+            return _merge(p, x, z_h, z_v, lambda t: drop(t, keys[2]), dtype)
         # column attention: for fixed j over i. z_col[i, j] is cell (i, j) in column j.
         z_col = dense_row_attention(
             x.swapaxes(1, 2), valid.swapaxes(1, 2), *qkv("v_qkv"), w, keys[1], att_rate
@@ -158,14 +187,9 @@ def bispa_block(p, x, valid, keys, cfg, *, band: bool, remat: bool, dtype):
 
     @maybe_remat
     def cnn_half(p, z):  # local CNN on the band grid (zero padding), residual, LayerNorm
-        if band and not remat:
-            return _cnn(p, z, valid, _band_conv, lambda t: drop(t, keys[3]), dtype)
-        if band:
-            conv = lambda t, k: _band_conv(t, k, "VALID")  # noqa: E731
-            def cnn(s, zc, vc, kc):  # kc comes with the halo rows too; the dropout is on the chunk's rows
-                return _cnn(p, zc, vc, conv, chunk_drop(None if kc is None else kc[:, 2:-2]), dtype, halo=2)
-
-            return chunked(cnn, z, valid, keep_mask(keys[3], z), halo=2)
-        return _cnn(p, z, valid, lambda t, k: dense_band_conv(t, k, w), lambda t: drop(t, keys[3]), dtype)
+        if rows:
+            return _rows_cnn_half(p, z, valid, keys[3], cfg, dtype)
+        conv = _band_conv if band else (lambda t, k: dense_band_conv(t, k, w))
+        return _cnn(p, z, valid, conv, lambda t: drop(t, keys[3]), dtype)
 
     return cnn_half(p, column_half(p, x, row_half(p, x)))
