@@ -89,7 +89,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             use_bispa=True,
             mlp_dropout=0.4,
             bispa_dropout=0.2,
-            row_chunk=128,
+            row_chunk=32,  # rows of K x K attention maps at a time (see SpanHeadConfig.row_chunk)
         )
     )
     # Subword -> word max-pooling: "segment" (scatter-max, O(N)) or "reference" (the (L, N) twin).

@@ -34,6 +34,21 @@ def band_cell_scale(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.
     return _scale(key, shape, rate)
 
 
+def band_cell_keep(key: jax.Array | None, shape: tuple[int, ...], rate: float) -> jax.Array | None:
+    """The kept cells of `band_cell_scale` as a bool mask (a quarter of its bytes), None when no dropout.
+    The band impl draws it once per block and applies it one row chunk at a time (`apply_keep`)."""
+    if key is None or rate <= 0.0:
+        return None
+    return jax.random.bernoulli(key, 1.0 - rate, shape)  # the draw `dropout_probs` makes
+
+
+def apply_keep(x: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:
+    """x * `band_cell_scale` given its bool mask (the same float32 factors: 0 or 1 / (1 - rate))."""
+    if keep is None:
+        return x
+    return x * jnp.where(keep, jnp.float32(1.0) / jnp.float32(1.0 - rate), jnp.float32(0.0))
+
+
 def dense_from_band(x: jax.Array, window: int) -> jax.Array:
     """(B, L, K, ...) -> (B, L, L, ...): S[i, j] = X[i, j - i + w'] inside the band, 0 outside."""
     length = x.shape[1]

@@ -6,6 +6,7 @@ readable and lets tests and benchmarks call one computation at a time.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -62,47 +63,149 @@ def _row_chunking(length: int, row_chunk: int) -> tuple[int, int]:
     return chunk, -(-length // chunk)
 
 
-def map_row_chunks(fn, row_chunk: int, *arrays):
-    """Apply fn(start, *chunks) to `row_chunk` rows (axis 1) at a time with `lax.map`.
+def map_row_chunks(fn, row_chunk: int, *arrays, halo: int | tuple[int, ...] = 0):
+    """Apply fn(start, *chunks) to `row_chunk` rows (axis 1) at a time, writing each chunk's result in place.
 
     arrays: (B, L, ...) each, zero-padded to a whole number of chunks; fn gets the chunks
-    (B, C, ...) and the first row index `start` of the chunk, and returns (B, C, ...). Each chunk
-    is rematerialised in the backward pass (`jax.checkpoint`), so only one chunk's intermediates
-    ever exist and the saved residuals are the chunk inputs. Returns (B, L, ...).
+    (B, C + 2*halo, ...): rows start - halo .. start + C + halo - 1, zeros (False) outside [0, L),
+    and the first row index `start` of the chunk, and returns (B, C, ...). `halo`: one int, or one
+    per array.
+
+    Memory: a loop whose forward `dynamic_update_slice`s each chunk's result into one (B, L, ...)
+    buffer, and whose backward (`_chunk_loop`'s custom VJP) recomputes one chunk at a time and adds
+    its input gradients in place into (B, L, ...) buffers. Only the arrays are saved, only one
+    chunk's intermediates ever exist, and no (n_chunks, B, C, ...) stack is built (`lax.map` built
+    several; autodiff of a plain loop made zero-filled gradient accumulators that XLA:CPU
+    allocated up front, all live at once).
     """
-    b, length = arrays[0].shape[:2]
+    length = arrays[0].shape[1]
     chunk, n_chunks = _row_chunking(length, row_chunk)
     pad = n_chunks * chunk - length
+    halos = (halo,) * len(arrays) if isinstance(halo, int) else tuple(halo)
+    arrays = tuple(x if not (pad or h) else jnp.pad(x, ((0, 0), (h, pad + h)) + ((0, 0),) * (x.ndim - 2))
+                   for x, h in zip(arrays, halos))
 
-    def chunks(x):  # (B, L, ...) -> (n_chunks, B, C, ...)
-        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
-        return x.reshape((b, n_chunks, chunk) + x.shape[2:]).swapaxes(0, 1)
+    def one_chunk(start, *full):
+        return fn(start, *(jax.lax.dynamic_slice_in_dim(x, start, chunk + 2 * h, axis=1) for x, h in zip(full, halos)))
 
-    starts = jnp.arange(n_chunks) * chunk
-    out = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), (starts,) + tuple(chunks(x) for x in arrays))
-    out = out.swapaxes(0, 1)  # (B, n_chunks, C, ...)
-    return out.reshape((b, n_chunks * chunk) + out.shape[3:])[:, :length]
+    # Every closed-over value (parameters, tables, dropout keys) becomes an explicit input, so the
+    # custom VJP differentiates the float ones and no tracer leaks into its backward trace.
+    closed = jax.make_jaxpr(one_chunk)(jnp.int32(0), *arrays)
+    n = len(arrays)
+
+    def converted(start, *args):
+        return jax.core.eval_jaxpr(closed.jaxpr, args[n:], start, *args[:n])[0]
+
+    out = _chunk_loop(converted, chunk, n_chunks, halos, tuple(closed.consts), arrays)
+    return out[:, :length] if pad else out
 
 
-def band_row_attention(x, valid, kernel, bias, row_chunk: int, drop_key=None, drop_rate: float = 0.0):
+def _zeros_after(shape, dtype, dependency):
+    """Zeros of `shape` computed from `dependency` (0 * its first element): a fresh loop buffer that
+    cannot exist before `dependency` does. Plain zeros are one constant that XLA:CPU copies for
+    every loop at the start of the backward pass, all live at once (~9 (L, K, c) buffers per
+    block). A non-finite first element would make them NaN, as it makes the gradient anyway."""
+    first = jax.lax.stop_gradient(dependency).ravel()[0]
+    return jnp.broadcast_to((first * 0).astype(dtype), shape)
+
+
+def _differentiable(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _chunk_loop(fn, chunk, n_chunks, halo, consts, arrays):
+    out_spec = jax.eval_shape(fn, jnp.int32(0), *arrays, *consts)
+    first_float = next((a for a in arrays if _differentiable(a)), jnp.zeros((1,), out_spec.dtype))
+    out = _zeros_after(out_spec.shape[:1] + (n_chunks * chunk,) + out_spec.shape[2:], out_spec.dtype, first_float)
+
+    def body(i, out):
+        return jax.lax.dynamic_update_slice_in_dim(out, fn(i * chunk, *arrays, *consts), i * chunk, axis=1)
+
+    return jax.lax.fori_loop(0, n_chunks, body, out)
+
+
+def _chunk_loop_fwd(fn, chunk, n_chunks, halo, consts, arrays):
+    return _chunk_loop(fn, chunk, n_chunks, halo, consts, arrays), (consts, arrays)
+
+
+def _chunk_loop_bwd(fn, chunk, n_chunks, halo, residuals, g):
+    consts, arrays = residuals
+    diff_c = [i for i, c in enumerate(consts) if _differentiable(c)]
+    diff_a = [i for i, a in enumerate(arrays) if _differentiable(a)]
+
+    def body(i, carry):
+        d_consts, d_arrays = carry
+        start = i * chunk
+        sliced = [jax.lax.dynamic_slice_in_dim(a, start, chunk + 2 * h, axis=1) for a, h in zip(arrays, halo)]
+
+        def chunk_fn(c_vals, a_vals):  # fn of the differentiable consts and this chunk's rows
+            cs, ch = list(consts), list(sliced)
+            for j, v in zip(diff_c, c_vals):
+                cs[j] = v
+            for j, v in zip(diff_a, a_vals):
+                ch[j] = v
+            return fn(start, *ch, *cs)
+
+        _, vjp = jax.vjp(chunk_fn, [consts[j] for j in diff_c], [sliced[j] for j in diff_a])
+        dc, da = vjp(jax.lax.dynamic_slice_in_dim(g, start, chunk, axis=1))
+        d_consts = [acc + d for acc, d in zip(d_consts, dc)]
+        d_arrays = [
+            jax.lax.dynamic_update_slice_in_dim(acc, jax.lax.dynamic_slice_in_dim(acc, start, d.shape[1], axis=1) + d,
+                                                start, axis=1)
+            for acc, d in zip(d_arrays, da)
+        ]
+        return d_consts, d_arrays
+
+    init = ([jnp.zeros_like(consts[j]) for j in diff_c],
+            [_zeros_after(arrays[j].shape, arrays[j].dtype, g) for j in diff_a])
+    d_consts, d_arrays = jax.lax.fori_loop(0, n_chunks, body, init)
+    out_c, out_a = [None] * len(consts), [None] * len(arrays)
+    for j, d in zip(diff_c, d_consts):
+        out_c[j] = d
+    for j, d in zip(diff_a, d_arrays):
+        out_a[j] = d
+    return tuple(out_c), tuple(out_a)
+
+
+_chunk_loop.defvjp(_chunk_loop_fwd, _chunk_loop_bwd)
+
+
+def band_row_attention(x, valid, kernel, bias, row_chunk: int, drop_key=None, drop_rate: float = 0.0,
+                       prep=None, halo: int = 0, post=None, extra=()):
     """Attention along k within each band row, RoPE position = k. x (B, L, K, c), valid (B, L, K).
 
     Rows go `row_chunk` at a time through `map_row_chunks`, so only one chunk's (chunk, K, K)
     maps ever exist and the saved residuals are O(L*K*c) in all. `drop_key`: attention-prob
     dropout, its masks drawn per row (`bispa_dropout`), also one chunk at a time.
+    `prep(x_chunk, valid_chunk) -> (rows, valid rows)`: builds the attended rows from the chunk's
+    rows of x (with `halo` extra rows each side), e.g. the embedding or the band transpose, so
+    that its (L, K, c) result never exists whole. `post(out_chunk, x_chunk, valid_chunk, *extra_chunks)`:
+    applied to each chunk's attention output (with the chunks of the `extra` (B, L, ...) arrays,
+    no halo), so that what follows the attention per cell need not exist whole either.
     """
     kk, c = x.shape[2:]
     sin, cos = (jnp.asarray(t, x.dtype) for t in rope_table(np.arange(kk), c))
 
-    def chunk_fn(start, xc, vc):  # (B, C, K, c), (B, C, K)
+    def chunk_fn(start, x_rows, v_rows, *extra_chunks):  # (B, C [+ 2 halo], K, c), (B, C [+ 2 halo], K)
+        xc, vc = (x_rows, v_rows) if prep is None else prep(x_rows, v_rows)
         q, k, v = _split_qkv(xc, kernel, bias)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
         scale = None
         if drop_key is not None and drop_rate > 0.0:
             scale = band_chunk_prob_scale(drop_key, start, xc.shape[0], xc.shape[1], kk, drop_rate)
-        return _masked_attention(q, k, v, vc, vc, scale)
+        out = _masked_attention(q, k, v, vc, vc, scale)
+        return out if post is None else post(out, x_rows, v_rows, *extra_chunks)
 
-    return map_row_chunks(chunk_fn, row_chunk, x, valid)
+    return map_row_chunks(chunk_fn, row_chunk, x, valid, *extra, halo=(halo, halo) + (0,) * len(extra))
+
+
+def transpose_band_rows(x_halo, window: int):
+    """`transpose_band` of a row chunk from its rows with a `window`-row halo each side (zeros past
+    the ends): (B, C + 2w', K, ...) -> (B, C, K, ...), out[r, k] = x_halo[r + k, 2w' - k]."""
+    rows = x_halo.shape[1] - 2 * window
+    ks = np.arange(2 * window + 1)
+    return x_halo[:, np.arange(rows)[:, None] + ks[None, :], 2 * window - ks[None, :]]
 
 
 def band_biaffine(h_hat, t_hat, u, row_chunk: int, window: int):

@@ -9,7 +9,8 @@ Two implementations with the same parameter tree (`SpanHeadConfig.impl`):
 
 - "band" (default): everything is computed directly on the (L, K) band; the per-row attention
   maps (K x K per row, ~1 GB per block and direction at L = 4096 in fp32) are only ever built for
-  `row_chunk` rows at a time, inside `jax.checkpoint`, so forward + backward memory is O(L*K*c).
+  `row_chunk` rows at a time (`bispa_ops.map_row_chunks`: recomputed per chunk in the backward pass,
+  written in place), so forward + backward memory is O(L*K*c).
 - "reference": the plain twin. Builds S (L, L, c) literally and does every step in (i, j)
   coordinates with masks (row attention over j, column attention over i, the sheared 3x3
   neighbourhood of the band convolution written in (i, j)), then reads the band out.
@@ -64,7 +65,9 @@ class SpanHeadConfig:
     bispa_dropout: float = 0.2
     # Dropout (p = bispa_dropout) on the softmax probabilities of both BiSPA attentions, as the authors.
     bispa_attention_dropout: bool = True
-    row_chunk: int = 128  # band impl: rows whose K x K attention maps exist at one time
+    # band impl: rows whose K x K attention maps (and merge / CNN intermediates) exist at one time. 32:
+    # at 128 rows one chunk's maps are as large as a whole (L, K, c) tensor at L = 1,024.
+    row_chunk: int = 32
     # Rematerialise the biaffine scores and each BiSPA block (as a scan, and inside the block its
     # three pieces) in the backward pass; False: the plain twin that saves every intermediate.
     remat_blocks: bool = True
@@ -132,7 +135,7 @@ class SpanHeadConfig:
 
 
 class _DenseParams(nn.Module):
-    """Holds a Linear's {kernel (in, out), bias (out,)} for code that applies it by hand (inside lax.map)."""
+    """Holds a Linear's {kernel (in, out), bias (out,)} for code that applies it by hand (inside the row-chunk loops)."""
 
     features_in: int
     features_out: int
