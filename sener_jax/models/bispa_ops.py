@@ -10,6 +10,7 @@ import functools
 import math
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,7 +95,8 @@ def map_row_chunks(fn, row_chunk: int, *arrays, halo: int | tuple[int, ...] = 0)
     n = len(arrays)
 
     def converted(start, *args):
-        return jax.core.eval_jaxpr(closed.jaxpr, args[n:], start, *args[:n])[0]
+        # jax.extend.core: jax.core's jaxpr helpers are deprecated from jax 0.10 on.
+        return jex_core.jaxpr_as_fun(jex_core.ClosedJaxpr(closed.jaxpr, args[n:]))(start, *args[:n])[0]
 
     out = _chunk_loop(converted, chunk, n_chunks, halos, tuple(closed.consts), arrays)
     return out[:, :length] if pad else out
