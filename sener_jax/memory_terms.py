@@ -29,14 +29,16 @@ from sener_jax.models.deberta import EncoderConfig
 from sener_jax.models.span_head import SpanHeadConfig
 
 F32 = 4
-# Span head, training (forward + backward of the band head, BiSPA blocks rematerialised): live
-# (B, L, K, c) float32 tensors per word at its backward peak. benchmarks/head_scaling.py measures
-# 0.80 MiB per word at K = 257, c = 32, i.e. 25.6 such tensors (26: 0.816 MiB).
-HEAD_TRAIN_TENSORS = 26
+# Span head, training (forward + backward of the band head, BiSPA blocks rematerialised and their
+# row chunks written in place): live (B, L, K, c) float32 tensors per word at its backward peak.
+# benchmarks/head_scaling.py (no dropout) measures 0.381 MiB per word at K = 257, c = 32, L = 1,024:
+# 12.1 such tensors.
+HEAD_TRAIN_TENSORS = 12
 # Training with dropout in the head (mlp_dropout or bispa_dropout > 0, the configs' default): the
-# band-layout keep masks and the dropped copies add this many more. SciREX 4,096 tokens x 1: the
-# compiled step needs 0.67 GiB more with dropout than without, 0.21 MiB per word = 6.6 tensors.
-HEAD_DROPOUT_TENSORS = 7
+# band-layout keep masks and the dropped copies. Read off the compiled SciREX step (dropout on) at
+# 5,120 x 2, 16,384 x 1 and 65,536 x 1 tokens: its temporaries less the saved hidden states are 22
+# such tensors per word at all three, so 22 - 12. CALIBRATED on that geometry, not derived.
+HEAD_DROPOUT_TENSORS = 10
 # Inference: the forward's live (B, L, K, c) tensors (scores, one block's input and output, the
 # row chunk's attention maps summed over chunks stay below one tensor).
 HEAD_INFER_TENSORS = 4
