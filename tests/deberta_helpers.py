@@ -2,6 +2,7 @@
 disk, token batches with padding, and fully random Flax encoder params."""
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 
@@ -102,3 +103,14 @@ def random_encoder_params(config: EncoderConfig, seed: int) -> dict:
         return jnp.asarray(value, jnp.float32)
 
     return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_grad_fn(config: EncoderConfig):
+    """Jitted (params, ids, mask, projection) -> ((sum(out * projection), out), d/d params): one compile
+    per config, shared by the tests that compare encoder variants' outputs and gradients."""
+    def loss(params, ids, mask, projection):
+        out = DebertaEncoder(config).apply({"params": params}, ids, mask)
+        return jnp.sum(out * projection), out
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))

@@ -15,7 +15,7 @@ import pytest
 from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.disentangled_attention import AttentionSettings, RelativeGeometry, disentangled_attention
 from tests.tiny_configs import ODD_WIDTH, tiny_encoder
-from tests.deberta_helpers import random_encoder_params
+from tests.deberta_helpers import encoder_grad_fn, random_encoder_params
 
 try:
     from sener_jax.ops import band_pallas  # noqa: F401
@@ -153,15 +153,6 @@ def test_padding_rows_are_zero_and_batchmates_do_not_matter():
 SMALL = tiny_encoder(**ODD_WIDTH)
 
 
-@functools.lru_cache(maxsize=None)
-def _encoder_grad_fn(config: EncoderConfig):
-    def loss(params, ids, mask, projection):
-        out = DebertaEncoder(config).apply({"params": params}, ids, mask)
-        return jnp.sum(out * projection), out
-
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_encoder_arrow_matches_dense_with_gradients(impl):
     params = random_encoder_params(SMALL, seed=0)
@@ -170,8 +161,8 @@ def test_encoder_arrow_matches_dense_with_gradients(impl):
     ids = jnp.asarray(rng.integers(1, SMALL.vocab_size, size=(2, 40)), jnp.int32)
     mask = jnp.asarray(np.arange(40)[None, :] < np.asarray(lengths)[:, None], jnp.int32)
     projection = jnp.asarray(rng.normal(size=(2, 40, SMALL.hidden_size)), jnp.float32)
-    (_, out), grads = _encoder_grad_fn(dataclasses.replace(SMALL, attention_impl=impl))(params, ids, mask, projection)
-    (_, ref), ref_grads = _encoder_grad_fn(dataclasses.replace(SMALL, attention_impl="reference"))(params, ids, mask, projection)
+    (_, out), grads = encoder_grad_fn(dataclasses.replace(SMALL, attention_impl=impl))(params, ids, mask, projection)
+    (_, ref), ref_grads = encoder_grad_fn(dataclasses.replace(SMALL, attention_impl="reference"))(params, ids, mask, projection)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
     flat, flat_ref = jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)
     for (path, grad), ref_grad in zip(flat, flat_ref):

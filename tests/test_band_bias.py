@@ -12,11 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.disentangled_attention import (
     BAND_BIAS_MODES, AttentionSettings, RelativeGeometry, disentangled_attention, scaled_band_bias,
 )
-from tests.deberta_helpers import random_encoder_params
+from tests.deberta_helpers import encoder_grad_fn, random_encoder_params
 from tests.tiny_configs import ODD_WIDTH, tiny_encoder
 
 GEOMETRY = RelativeGeometry(span=8, position_buckets=8, max_relative_positions=16)
@@ -57,15 +56,6 @@ def test_band_bias_mode_equals_float32_reference(mode, pattern, n, lengths, wind
         np.testing.assert_allclose(grad, ref_grad, atol=1e-5, rtol=0, err_msg=f"{mode}: gradient of {name}")
 
 
-@functools.lru_cache(maxsize=None)
-def _encoder_grad_fn(config: EncoderConfig):
-    def loss(params, ids, mask, projection):
-        out = DebertaEncoder(config).apply({"params": params}, ids, mask)
-        return jnp.sum(out * projection), out
-
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
-
-
 @pytest.mark.parametrize("mode", OPTIONS)
 def test_encoder_band_bias_mode_equals_float32_reference(mode):
     """The whole (scanned, rematerialised) encoder: output and every parameter gradient."""
@@ -75,8 +65,8 @@ def test_encoder_band_bias_mode_equals_float32_reference(mode):
     ids = jnp.asarray(rng.integers(1, config.vocab_size, size=(2, 30)), jnp.int32)
     mask = jnp.asarray(np.arange(30)[None, :] < np.asarray([30, 19])[:, None], jnp.int32)
     projection = jnp.asarray(rng.normal(size=(2, 30, config.hidden_size)), jnp.float32)
-    (_, ref), ref_grads = _encoder_grad_fn(config)(params, ids, mask, projection)
-    (_, out), grads = _encoder_grad_fn(dataclasses.replace(config, band_bias=mode))(params, ids, mask, projection)
+    (_, ref), ref_grads = encoder_grad_fn(config)(params, ids, mask, projection)
+    (_, out), grads = encoder_grad_fn(dataclasses.replace(config, band_bias=mode))(params, ids, mask, projection)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
     for (path, grad), ref_grad in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(grad, ref_grad, atol=1e-5, rtol=0, err_msg=f"{mode}: {jax.tree_util.keystr(path)}")
