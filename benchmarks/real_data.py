@@ -61,8 +61,8 @@ _PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 1e-3, "Pretraining peak learnin
 # (batch 16 x 512, 4 x 128: 12.0 s with dropout vs 7.5 s without, measured on 2 shared cores), and a
 # few epochs over a small corpus underfit rather than overfit.
 _PRETRAIN_DROPOUT = flags.DEFINE_float("pretrain_dropout", 0.0, "Encoder hidden and attention dropout in pretraining.")
-_POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_weight of both arms (paper: 1.0; at 1.0 "
-                                       "and 3.0 neither arm found an entity in 8 epochs, RESULTS.md).")
+_POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_weight of both arms (paper: 1.0; at 3.0, "
+                                       "with the paper's regularisation, no arm predicted an entity in 4 epochs).")
 # Head LR: the demo's (configs/demo.py). Encoder LR 3e-4: better than 1.5e-3 for both arms (RESULTS.md).
 _LR_ENCODER = flags.DEFINE_float("lr_encoder", 3e-4, "Fine-tuning peak LR of the encoder (both arms); at 1.5e-3 "
                                   "the pretrained arm never predicted an entity (RESULTS.md).")
