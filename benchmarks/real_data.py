@@ -49,18 +49,21 @@ FRACTIONS = (0.7, 0.1, 0.2)  # train, dev, evaluation
 DATASETS = {"scholar-xl": scholarxl, "profiling-07": profiling07}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-# The pretraining and fine-tuning defaults are the recorded run (benchmarks/RESULTS.md).
-_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 2300, "Pretraining steps.")
+# Pretraining defaults: configs/pretrain.py's CPU default, the recorded run (benchmarks/RESULTS.md).
+_PRETRAIN_DEFAULT = pretrain_configs.get_config()
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", _PRETRAIN_DEFAULT.pretrain.max_steps, "Pretraining steps.")
 _EPOCHS = flags.DEFINE_integer("epochs", 8, "Fine-tuning epochs (same for both arms).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 512, "Segment length (pretraining and fine-tuning).")
 _DATASETS = flags.DEFINE_list("datasets", list(DATASETS), "Datasets to fine-tune on.")
 _STAGES = flags.DEFINE_list("stages", ["pretrain", "random", "pretrained", "report"], "Stages to run (see docstring).")
-_PRETRAIN_BATCH = flags.DEFINE_integer("pretrain_batch", 8, "Pretraining batch (segments).")
-_PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", 1e-3, "Pretraining peak learning rate.")
+_PRETRAIN_BATCH = flags.DEFINE_integer("pretrain_batch", _PRETRAIN_DEFAULT.pretrain.batch_size,
+                                       "Pretraining batch (segments).")
+_PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", _PRETRAIN_DEFAULT.pretrain.lr, "Pretraining peak learning rate.")
 # Dropout draws random bits for every activation: on XLA:CPU that is ~37% of a pretraining step
 # (batch 16 x 512, 4 x 128: 12.0 s with dropout vs 7.5 s without, measured on 2 shared cores), and a
 # few epochs over a small corpus underfit rather than overfit.
-_PRETRAIN_DROPOUT = flags.DEFINE_float("pretrain_dropout", 0.0, "Encoder hidden and attention dropout in pretraining.")
+_PRETRAIN_DROPOUT = flags.DEFINE_float("pretrain_dropout", _PRETRAIN_DEFAULT.model.encoder.hidden_dropout_prob,
+                                       "Encoder hidden and attention dropout in pretraining.")
 _POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_weight of both arms (paper: 1.0; at 3.0, "
                                        "with the paper's regularisation, no arm predicted an entity in 4 epochs).")
 # Head LR: the demo's (configs/demo.py). Encoder LR 3e-4: better than 1.5e-3 for both arms (RESULTS.md).

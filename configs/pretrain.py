@@ -11,7 +11,8 @@ Variants:
   which 16.4M are the word embeddings (the vocabulary is fixed by the tokenizer fine-tuning uses) and
   0.8M the transformer: the smallest encoder that still has several layers of arrow attention, so
   that a CPU can pretrain it at all. The MLM logits are computed only at the masked positions (<= 85 per
-  512-token row). The schedule is the one measured in benchmarks/RESULTS.md ("pretraining that helps"):
+  512-token row). The schedule is the one measured in benchmarks/RESULTS.md ("Domain-adaptive pretraining
+  that learns context"):
   batch 8, peak LR 1e-3, 2,300 steps (~5 passes over the shared corpus's 3,639 segments), NO dropout
   (a few passes over a small corpus underfit rather than overfit, and on XLA:CPU dropout's random bits
   cost ~37% of a step): 55.9 min on the idle 2-core development machine (1.45 s per step), MLM loss
