@@ -49,7 +49,9 @@ def shared_texts() -> str:
 
 def pretrain_block() -> dict:
     return dict(
-        files=shared_texts(),  # comma-separated paths or globs: .txt/.txt.gz (one document per file) or JSON lines
+        # comma-separated paths or globs: .txt/.txt.gz (one document per file) or JSON lines; `PATTERN@N`
+        # counts its documents N times per pass (upsampling the target domain, sener_jax/data/corpus.py)
+        files=shared_texts(),
         mask_probability=0.15,  # share of each segment's tokens predicted (taken as whole words)
         span_words=1,  # 1: single whole words; k > 1: spans of 1..k consecutive whole words
         mask_token=0.8,  # of the chosen tokens: replaced by [MASK] ...

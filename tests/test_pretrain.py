@@ -15,7 +15,7 @@ from configs import demo
 from configs import pretrain as pretrain_configs
 from sener_jax import convert, train, train_step
 from sener_jax.data import split_words
-from sener_jax.data.corpus import expand_paths, read_corpus
+from sener_jax.data.corpus import expand_paths, read_corpus, split_repeat
 from sener_jax.data.mlm import MlmSpec, mlm_arrays, select_word_spans
 from sener_jax.data.readers import write_jsonl
 from sener_jax.data.synthetic import generate_documents
@@ -46,6 +46,21 @@ def test_corpus_reads_txt_and_jsonl_globs_without_labels(tmp_path, shared_data):
     assert len(labelled) == 349 and all(not d.entities for d in labelled)
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         expand_paths(f"{tmp_path}/nothing_here*.txt")
+
+
+def test_corpus_entries_can_repeat_their_documents(tmp_path):
+    """`PATTERN@N` upsamples: each matched document N times, in place; other entries once."""
+    write_corpus(tmp_path / "c", 4)
+    once = read_corpus(f"{tmp_path}/c/*.txt,{tmp_path}/c/more.jsonl")
+    mixed = read_corpus(f"{tmp_path}/c/*.txt@3,{tmp_path}/c/more.jsonl")
+    ids = [d.doc_id for d in once]
+    assert [d.doc_id for d in mixed] == [ids[0]] * 3 + [ids[1]] * 3 + ids[2:]  # .txt: one document per file
+    assert mixed[2].words == once[0].words and mixed[3].words == once[1].words
+    assert split_repeat("a/b@c.txt") == ("a/b@c.txt", 1) and split_repeat(" x.txt@12 ") == ("x.txt", 12)
+    with pytest.raises(ValueError, match="x.txt@0.*>= 1"):
+        read_corpus(f"{tmp_path}/c/x.txt@0")
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        read_corpus(f"{tmp_path}/c/nothing_here.txt@2")
 
 
 def _word_index(rows=4, words=30, seed=0, n_tokens=96):

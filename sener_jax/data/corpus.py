@@ -4,6 +4,10 @@ Formats: the three JSON-lines formats `read_documents` knows (paper, SciREX, cha
 plain text, `.txt` / `.txt.gz`, one document per file (any length: segmentation cuts it later).
 Plain text is split into words with `split_words`, exactly as raw-text input to fine-tuning, so
 pretraining and fine-tuning see the same word boundaries and subwords.
+
+An entry may end in `@N` (N a positive integer): every document of the files it matches then counts N
+times per pass: upsampling, e.g. of the target task's own text beside a large out-of-domain corpus
+("task-adaptive pretraining"). `corpus.txt@4` reads corpus.txt and repeats its documents four times.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import glob
 import gzip
 import logging
 import os
+import re
 from typing import Iterable, Sequence
 
 from sener_jax.data.documents import Document, split_words
@@ -19,6 +24,18 @@ from sener_jax.data.readers import read_documents
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
+_REPEAT = re.compile(r"^(?P<pattern>.+)@(?P<times>\d+)$")
+
+
+def split_repeat(entry: str) -> tuple[str, int]:
+    """`PATTERN@N` -> (PATTERN, N); an entry without a numeric `@N` suffix -> (entry, 1)."""
+    match = _REPEAT.match(entry.strip())
+    if match is None:
+        return entry.strip(), 1
+    times = int(match["times"])
+    if times < 1:
+        raise ValueError(f"pretrain.files: {entry!r}: the repeat count after '@' must be >= 1")
+    return match["pattern"], times
 
 
 def expand_paths(patterns: str | Sequence[str]) -> list[str]:
@@ -50,16 +67,24 @@ def read_corpus(patterns: str | Sequence[str], format: str = "auto", exclude_ids
     whose id is in `exclude_ids` (e.g. an evaluation split) are left out. JSON-lines records that
     cannot be read are skipped with a warning (`strict=False`): their text is all pretraining needs."""
     exclude = set(exclude_ids)
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p.strip()]
+    repeats: dict[str, int] = {}
+    for entry in patterns:
+        pattern, times = split_repeat(entry)
+        for path in expand_paths([pattern]):
+            repeats.setdefault(path, times)  # a file matched twice: its first entry decides
     documents: list[Document] = []
-    for path in expand_paths(patterns):
+    for path, times in repeats.items():
         if path.endswith(TEXT_SUFFIXES):
             found = [read_text_file(path)]
         else:
             found = read_documents(path, format=format, strict=False)
         kept = [Document(d.doc_id, d.words, [], d.text, d.word_offsets) for d in found
                 if d.words and d.doc_id not in exclude]
-        logger.info("pretraining corpus: %d documents, %d words from %s", len(kept), sum(d.n_words for d in kept), path)
-        documents += kept
+        logger.info("pretraining corpus: %d documents, %d words from %s%s", len(kept), sum(d.n_words for d in kept), path,
+                    f" (x{times} per pass)" if times > 1 else "")
+        documents += kept * times
     if not documents:
-        raise ValueError(f"pretrain.files {list(patterns) if not isinstance(patterns, str) else patterns!r}: no words")
+        raise ValueError(f"pretrain.files {list(patterns)!r}: no words")
     return documents
