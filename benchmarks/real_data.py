@@ -66,7 +66,7 @@ _PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", _PRETRAIN_DEFAULT.pretrain.lr, 
 _PRETRAIN_DROPOUT = flags.DEFINE_float("pretrain_dropout", _PRETRAIN_DEFAULT.model.encoder.hidden_dropout_prob,
                                        "Encoder hidden and attention dropout in pretraining.")
 _TASK_TEXT_REPEAT = flags.DEFINE_integer(
-    "task_text_repeat", 1, "Each pretraining pass reads the train and dev texts of Scholar-XL and Profiling-07 this many "
+    "task_text_repeat", pretrain_configs.TASK_TEXT_REPEAT, "Each pretraining pass reads the train and dev texts of Scholar-XL and Profiling-07 this many "
     "times (SciREX once): task-adaptive upsampling; they are ~13% of the corpus's tokens.")
 _POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_weight of both arms (paper: 1.0; at 3.0, "
                                        "with the paper's regularisation, no arm predicted an entity in 4 epochs).")

@@ -202,8 +202,13 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     assert (tmp_path / "ft" / "export").is_dir()
 
 
-def test_pretrain_config_variants():
+def test_pretrain_config_variants(shared_data):
     default, large = pretrain_configs.get_config(), pretrain_configs.get_config("large")
+    # The default corpus: SciREX once, the two homepage datasets upsampled; every entry resolves.
+    entries = [split_repeat(e) for e in default.pretrain.files.split(",")]
+    assert [(pathlib.Path(p).parent.name, n) for p, n in entries] == [
+        ("scirex", 1), ("scholar-xl", pretrain_configs.TASK_TEXT_REPEAT), ("profiling-07", pretrain_configs.TASK_TEXT_REPEAT)]
+    assert all(expand_paths([p]) for p, _ in entries)
     assert default.model.encoder.hidden_size == 128 and default.model.encoder.lora_rank == 0
     assert (default.pretrain.mask_probability, default.pretrain.mask_token, default.pretrain.random_token) == (0.15, 0.8, 0.1)
     assert large.model.encoder.hidden_size == 1024 and large.model.encoder.num_hidden_layers == 24
