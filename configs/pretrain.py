@@ -13,10 +13,11 @@ Variants:
   that a CPU can pretrain it at all. The MLM logits are computed only at the masked positions (<= 85 per
   512-token row). The schedule is the one measured in benchmarks/RESULTS.md ("Domain-adaptive pretraining
   that learns context"):
-  batch 8, peak LR 1e-3, 2,300 steps (~2.4 passes over the benchmark corpus's 7,699 segments), NO dropout
-  (a few passes over a small corpus underfit rather than overfit, and on XLA:CPU dropout's random bits
-  cost ~37% of a step): 55.9 min on the idle 2-core development machine (1.45 s per step), MLM loss
-  10.47 -> 4.00 against a unigram entropy of 6.98 nats. With batch 16, LR 5e-4-3e-3 and dropout 0.1
+  batch 8, peak LR 1e-3, 2,300 steps, NO dropout (a few passes over a small corpus underfit rather than
+  overfit, and on XLA:CPU dropout's random bits cost ~37% of a step): 55.9 min on the idle 2-core
+  development machine (1.45 s per step), MLM loss 10.47 -> 4.00 against a unigram entropy of 6.98 nats
+  (~5 passes over the benchmark corpus's 3,639 segments; with the upsampling below, 7,699 segments and
+  ~2.4 passes: 56.1 min, probe loss 4.48 on the mixed corpus). With batch 16, LR 5e-4-3e-3 and dropout 0.1
   the loss sat at the unigram level for the first 200-250 steps (the encoder learnt token frequencies,
   not context), and fine-tuning from a 200-step encoder of that kind was no better than from random
   weights. The corpus reads the homepage datasets' texts 8 times per pass (`TASK_TEXT_REPEAT`, below):
