@@ -81,6 +81,7 @@ _MAX_SPAN_WORDS = flags.DEFINE_integer("max_span_words", 65, "Longest span the h
 _WWM = flags.DEFINE_float("mask_probability", 0.0, "data.mask_probability during fine-tuning (paper: 0.15).")
 _MLP_DROPOUT = flags.DEFINE_float("mlp_dropout", 0.1, "model.head.mlp_dropout (paper: 0.4).")
 _ENCODER_DROPOUT = flags.DEFINE_float("encoder_dropout", 0.0, "Encoder hidden and attention dropout in fine-tuning.")
+_SEED = flags.DEFINE_integer("seed", 0, "Fine-tuning seed of both arms (head init, shuffling; the random arm's encoder init).")
 ARMS = ("random", "pretrained")
 
 
@@ -141,7 +142,7 @@ def finetune_config(dataset: str, paths: dict, pretrained: str):
                              patience=_EPOCHS.value,
                              positive_weight=_POSITIVE_WEIGHT.value))
     config.eval.splits = ("dev", "test")
-    config.seed = 0
+    config.seed = _SEED.value
     return config
 
 
@@ -182,7 +183,7 @@ def finetune_arm(workdir: pathlib.Path, splits: dict, dataset: str, arm: str) ->
     summary = {**summarise(results), "wall_s": time.perf_counter() - start, "positive_weight": _POSITIVE_WEIGHT.value,
                "epochs": _EPOCHS.value, "lr_encoder": _LR_ENCODER.value, "lr_head": _LR_HEAD.value,
                "max_span_words": _MAX_SPAN_WORDS.value, "mask_probability": _WWM.value,
-               "mlp_dropout": _MLP_DROPOUT.value, "encoder_dropout": _ENCODER_DROPOUT.value}
+               "mlp_dropout": _MLP_DROPOUT.value, "encoder_dropout": _ENCODER_DROPOUT.value, "seed": _SEED.value}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
