@@ -27,6 +27,13 @@ TEXT_SUFFIXES = (".txt", ".txt.gz")
 _REPEAT = re.compile(r"^(?P<pattern>.+)@(?P<times>\d+)$")
 
 
+def split_entries(patterns: str | Sequence[str]) -> list[str]:
+    """A comma-separated `pretrain.files` string (or a list) as its non-empty entries."""
+    if isinstance(patterns, str):
+        patterns = patterns.split(",")
+    return [p for p in patterns if p.strip()]
+
+
 def split_repeat(entry: str) -> tuple[str, int]:
     """`PATTERN@N` -> (PATTERN, N); an entry without a numeric `@N` suffix -> (entry, 1)."""
     match = _REPEAT.match(entry.strip())
@@ -41,10 +48,8 @@ def split_repeat(entry: str) -> tuple[str, int]:
 def expand_paths(patterns: str | Sequence[str]) -> list[str]:
     """Every file matched by `patterns` (paths or globs, `**` allowed), each once, in pattern order
     then sorted. A pattern matching no file is an error naming it (a typo must not train on nothing)."""
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p.strip()]
     out: dict[str, None] = {}
-    for pattern in patterns:
+    for pattern in split_entries(patterns):
         pattern = os.path.expanduser(pattern.strip())
         matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
         if not matches:
@@ -67,8 +72,7 @@ def read_corpus(patterns: str | Sequence[str], format: str = "auto", exclude_ids
     whose id is in `exclude_ids` (e.g. an evaluation split) are left out. JSON-lines records that
     cannot be read are skipped with a warning (`strict=False`): their text is all pretraining needs."""
     exclude = set(exclude_ids)
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p.strip()]
+    patterns = split_entries(patterns)
     repeats: dict[str, int] = {}
     for entry in patterns:
         pattern, times = split_repeat(entry)
