@@ -52,9 +52,9 @@ TASK_TEXT_REPEAT = 8
 def shared_texts() -> str:
     """The texts of the shared datasets (labels are ignored), comma-separated; missing ones left out;
     the homepage datasets upsampled (`@TASK_TEXT_REPEAT`)."""
-    paths = [shared_path("scirex", "docs.jsonl.gz")]
-    paths += [f"{p}@{TASK_TEXT_REPEAT}" for p in (shared_path("scholar-xl", "dev.json"), shared_path("profiling-07", "dev.json")) if p]
-    return ",".join(p for p in paths if p)
+    entries = [(shared_path("scirex", "docs.jsonl.gz"), 1), (shared_path("scholar-xl", "dev.json"), TASK_TEXT_REPEAT),
+               (shared_path("profiling-07", "dev.json"), TASK_TEXT_REPEAT)]
+    return ",".join(f"{path}@{times}" if times > 1 else path for path, times in entries if path)
 
 
 def pretrain_block() -> dict:

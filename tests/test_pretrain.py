@@ -15,7 +15,7 @@ from configs import demo
 from configs import pretrain as pretrain_configs
 from sener_jax import convert, train, train_step
 from sener_jax.data import split_words
-from sener_jax.data.corpus import expand_paths, read_corpus, split_repeat
+from sener_jax.data.corpus import expand_paths, read_corpus, split_entries, split_repeat
 from sener_jax.data.mlm import MlmSpec, mlm_arrays, select_word_spans
 from sener_jax.data.readers import write_jsonl
 from sener_jax.data.synthetic import generate_documents
@@ -205,7 +205,7 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
 def test_pretrain_config_variants(shared_data):
     default, large = pretrain_configs.get_config(), pretrain_configs.get_config("large")
     # The default corpus: SciREX once, the two homepage datasets upsampled; every entry resolves.
-    entries = [split_repeat(e) for e in default.pretrain.files.split(",")]
+    entries = [split_repeat(e) for e in split_entries(default.pretrain.files)]
     assert [(pathlib.Path(p).parent.name, n) for p, n in entries] == [
         ("scirex", 1), ("scholar-xl", pretrain_configs.TASK_TEXT_REPEAT), ("profiling-07", pretrain_configs.TASK_TEXT_REPEAT)]
     assert all(expand_paths([p]) for p, _ in entries)
