@@ -73,6 +73,9 @@ _EVAL_TEXT = flags.DEFINE_bool(
     "pretrain_on_eval_text", False, "Also pretrain on the TEXT of the evaluation parts (read as the other "
     "parts, `--task_text_repeat` times; their entities are dropped when read, as every corpus file's): "
     "transductive task-adaptive pretraining, which the issue allows (never the evaluation labels).")
+_SPAN_WORDS = flags.DEFINE_integer(
+    "pretrain_span_words", _PRETRAIN_DEFAULT.pretrain.span_words, "pretrain.span_words: 1 masks single whole "
+    "words; k > 1 masks spans of 1..k consecutive whole words (SpanBERT-style; same masking rate).")
 _POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_weight of both arms (paper: 1.0; at 3.0, "
                                        "with the paper's regularisation, no arm predicted an entity in 4 epochs).")
 # Head LR: the demo's (configs/demo.py). Encoder LR 3e-4: better than 1.5e-3 for both arms (RESULTS.md).
@@ -118,6 +121,7 @@ def run_pretraining(workdir: pathlib.Path, splits: dict) -> dict:
     config.pretrain.max_steps = _PRETRAIN_STEPS.value
     config.pretrain.batch_size = _PRETRAIN_BATCH.value
     config.pretrain.lr = _PRETRAIN_LR.value
+    config.pretrain.span_words = _SPAN_WORDS.value
     config.model.encoder.update(dict(hidden_dropout_prob=_PRETRAIN_DROPOUT.value,
                                      attention_probs_dropout_prob=_PRETRAIN_DROPOUT.value))
     config.pretrain.log_every_steps = max(1, min(50, _PRETRAIN_STEPS.value // 10))
