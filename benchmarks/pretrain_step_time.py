@@ -15,16 +15,14 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs.pretrain import get_config  # noqa: E402
-from sener_jax import optim  # noqa: E402
 from sener_jax.data.mlm import MlmSpec  # noqa: E402
-from sener_jax.pretrain_step import encoder_config_of, initial_params, make_pretrain_step, optimizer_settings  # noqa: E402
+from sener_jax.pretrain_step import encoder_config_of, initial_state, make_pretrain_step  # noqa: E402
 from sener_jax.train_step import make_mesh, replicate  # noqa: E402
 
 VOCAB = 128_001  # the DeBERTa-v3 tokenizer's
@@ -37,10 +35,8 @@ def seconds_per_step(config, n_out: int, steps: int, rng: np.random.Generator) -
     encoder = encoder_config_of(config, VOCAB)
     p, rows, length = config.pretrain, config.pretrain.batch_size, config.data.max_tokens
     mesh = make_mesh()
-    params = initial_params(config, encoder, jax.random.PRNGKey(0))
-    optimizer = optim.make_optimizer(optimizer_settings(config), params, p.max_steps)
-    state = replicate({"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params),
-                       "rng": jax.random.PRNGKey(1)}, mesh)
+    state, optimizer = initial_state(config, encoder, p.max_steps)
+    state = replicate(state, mesh)
     output_ids = None if n_out >= VOCAB else np.sort(rng.choice(VOCAB, n_out, replace=False)).astype(np.int32)
     step = make_pretrain_step(encoder, optimizer, mesh, output_ids=output_ids, deterministic=True)
     slots = MlmSpec(mask_id=0, vocab_size=VOCAB, special_ids=(), fraction=p.mask_probability).max_predictions(length)

@@ -143,13 +143,19 @@ def optimizer_settings(config) -> ml_collections.ConfigDict:
     ))
 
 
-def create_state(setup: PretrainSetup):
-    """(state, optimizer); state = {"step", "params", "opt_state", "rng"}."""
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(setup.config.seed))
-    params = initial_params(setup.config, setup.encoder, init_key)
-    optimizer = optim.make_optimizer(optimizer_settings(setup.config), params, setup.total_steps)
+def initial_state(config, encoder: EncoderConfig, total_steps: int):
+    """(state, optimizer) for `total_steps` of `config.pretrain`'s schedule; state = {"step", "params",
+    "opt_state", "rng"}. Needs no corpus (benchmarks/pretrain_step_time.py times the step with it)."""
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = initial_params(config, encoder, init_key)
+    optimizer = optim.make_optimizer(optimizer_settings(config), params, total_steps)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params), "rng": dropout_key}
     return state, optimizer
+
+
+def create_state(setup: PretrainSetup):
+    """`initial_state` of the run `setup` describes."""
+    return initial_state(setup.config, setup.encoder, setup.total_steps)
 
 
 def make_pretrain_step(encoder: EncoderConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *,
