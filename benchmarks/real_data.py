@@ -81,6 +81,9 @@ _POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_w
 # Head LR: the demo's (configs/demo.py). Encoder LR 3e-4: better than 1.5e-3 for both arms (RESULTS.md).
 _LR_ENCODER = flags.DEFINE_float("lr_encoder", 3e-4, "Fine-tuning peak LR of the encoder (both arms); at 1.5e-3 "
                                   "the pretrained arm never predicted an entity (RESULTS.md).")
+_LAYER_LR_DECAY = flags.DEFINE_float(
+    "layer_lr_decay", 1.0, "train.layer_lr_decay of both arms: layer k below the encoder's top trains at "
+    "decay**k x lr_encoder, the embeddings at decay**4 (1.0: off, the paper's).")
 _LR_HEAD = flags.DEFINE_float("lr_head", 3e-3, "Fine-tuning peak LR of the span head (both arms).")
 _MAX_SPAN_WORDS = flags.DEFINE_integer("max_span_words", 65, "Longest span the head scores (both arms).")
 # The paper's regularisation (whole-word masking 0.15, head MLP dropout 0.4, encoder dropout 0.1) is
@@ -147,6 +150,7 @@ def finetune_config(dataset: str, paths: dict, pretrained: str):
                             token_bucket_base=_MAX_TOKENS.value,
                             word_bucket_base=_MAX_TOKENS.value))  # one bucket: one compiled program
     config.train.update(dict(finetune="full", lr_encoder=_LR_ENCODER.value, lr_head=_LR_HEAD.value, batch_size=8,
+                             layer_lr_decay=_LAYER_LR_DECAY.value,
                              num_epochs=_EPOCHS.value, log_every_steps=20,
                              # the whole budget: a random encoder's dev F1 sits at 0 for several epochs
                              patience=_EPOCHS.value,
@@ -192,6 +196,7 @@ def finetune_arm(workdir: pathlib.Path, splits: dict, dataset: str, arm: str) ->
     results = train_and_evaluate(finetune_config(dataset, splits[dataset], pretrained), out)
     summary = {**summarise(results), "wall_s": time.perf_counter() - start, "positive_weight": _POSITIVE_WEIGHT.value,
                "epochs": _EPOCHS.value, "lr_encoder": _LR_ENCODER.value, "lr_head": _LR_HEAD.value,
+               "layer_lr_decay": _LAYER_LR_DECAY.value,
                "max_span_words": _MAX_SPAN_WORDS.value, "mask_probability": _WWM.value,
                "mlp_dropout": _MLP_DROPOUT.value, "encoder_dropout": _ENCODER_DROPOUT.value, "seed": _SEED.value}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

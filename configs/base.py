@@ -142,6 +142,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # an encoder from scratch and recall stays near zero (benchmarks/real_data.py).
     config.train.positive_weight = 1.0
     config.train.weight_decay = 0.01
+    # Layer-wise LR decay of the encoder (1.0: off, the paper): layer k below the top trains at
+    # decay**k of its group's rate, the embeddings at decay**num_layers (sener_jax/optim.py).
+    config.train.layer_lr_decay = 1.0
     config.train.warmup_fraction = 0.1
     config.train.adam_b1 = 0.9
     config.train.adam_b2 = 0.999

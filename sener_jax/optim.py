@@ -7,14 +7,21 @@ weight except LayerNorm parameters and biases, so each group is split into a "de
 "no_decay" label. Frozen leaves never reach the optimizer: `split_trainable` separates them before
 `jax.grad`, so they get neither gradients nor optimizer state (the "frozen" label maps to
 `optax.set_to_zero()`, stateless, for callers that pass a full tree anyway).
+
+Layer-wise learning-rate decay (`train.layer_lr_decay`, 1.0 = off, the paper): the encoder's top layer
+trains at its group's rate and every step down multiplies it by the decay, so a pretrained encoder's
+lower layers move least (ELECTRA / DeBERTa fine-tuning practice). Applied after AdamW, it scales the
+whole update, weight decay included, exactly as a per-layer learning rate would.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import optax
 from flax import traverse_util
 
+from sener_jax.models.layer_stack import STACKED, layer_index
 from sener_jax.models.lora import is_lora_path
 
 Params = Mapping[str, Any]
@@ -102,6 +109,51 @@ def group_learning_rates(train_config) -> dict[str, float]:
     return {"head": train_config.lr_head, "lora": train_config.lr_lora, "encoder": train_config.lr_encoder}
 
 
+def count_layers(paths) -> int:
+    """Encoder layers in a tree given by its (path, leaf) pairs: the stacked leaves' leading axis, or
+    the number of layer_<n> modules (the unrolled layout)."""
+    count = 0
+    for path, leaf in paths:
+        if STACKED in path:
+            count = max(count, int(np.shape(leaf)[0]))
+        for part in path:
+            if layer_index(part) is not None:
+                count = max(count, layer_index(part) + 1)
+    return count
+
+
+def layer_lr_multiplier(path: tuple[str, ...], leaf, decay: float, num_layers: int):
+    """The factor on one leaf's update: 1 outside the encoder and for its top layer, decay**k for the
+    layer k steps below the top, decay**num_layers for the embeddings and the parameters every layer
+    shares (relative-position embeddings and their LayerNorm: they sit below the first layer). For a
+    stacked leaf, an array (num_layers, 1, ...) that broadcasts over the leaf."""
+    if path[0] != "encoder":
+        return 1.0
+    if STACKED in path:
+        depth = np.arange(1, num_layers + 1)
+        return (decay ** (num_layers - depth)).reshape((num_layers,) + (1,) * (np.ndim(leaf) - 1)).astype(np.float32)
+    index = next((layer_index(part) for part in path if layer_index(part) is not None), None)
+    depth = 0 if index is None else index + 1
+    return float(decay ** (num_layers - depth))
+
+
+def scale_by_layer_depth(decay: float) -> optax.GradientTransformation:
+    """Stateless: multiplies each encoder update by `layer_lr_multiplier` (the depths come from the
+    update tree's own paths and shapes, so it serves the stacked and the unrolled layout alike)."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"train.layer_lr_decay must be in (0, 1] (1.0: no decay, the paper's), got {decay}")
+
+    def scale(updates, params=None):
+        del params
+        flat = traverse_util.flatten_dict(updates)
+        layers = count_layers(flat.items())
+        return traverse_util.unflatten_dict({
+            path: (update * layer_lr_multiplier(path, update, decay, layers)).astype(update.dtype)
+            for path, update in flat.items()})
+
+    return optax.stateless(scale)
+
+
 def make_optimizer(train_config, params: Params, total_steps: int) -> optax.GradientTransformation:
     """AdamW per label + global-norm clipping (+ MultiSteps accumulation) for the TRAINABLE tree.
 
@@ -131,6 +183,9 @@ def make_optimizer(train_config, params: Params, total_steps: int) -> optax.Grad
         optax.clip_by_global_norm(train_config.grad_clip_norm),
         optax.multi_transform(transforms, lambda p: param_labels(p, finetune)),
     )
+    decay = train_config.get("layer_lr_decay", 1.0)
+    if decay != 1.0:
+        optimizer = optax.chain(optimizer, scale_by_layer_depth(decay))
     if train_config.grad_accum_steps > 1:
         optimizer = optax.MultiSteps(optimizer, every_k_schedule=train_config.grad_accum_steps)
     return optimizer

@@ -22,6 +22,12 @@ def layer_name(index: int) -> str:
     return f"layer_{index}"
 
 
+def layer_index(part: str) -> int | None:
+    """n for a module name layer_<n> (the unrolled layout), else None."""
+    match = _PER_LAYER.match(part)
+    return int(match.group(1)) if match else None
+
+
 def _stacked_at(path: tuple[str, ...]) -> int | None:
     return path.index(STACKED) if STACKED in path else None
 
@@ -54,11 +60,11 @@ def stack_flat(flat: Mapping[tuple[str, ...], object]) -> dict:
     groups: dict[tuple, dict[int, object]] = {}
     out = {}
     for path, value in flat.items():
-        at = next((i for i, part in enumerate(path) if _PER_LAYER.match(part)), None)
+        at = next((i for i, part in enumerate(path) if layer_index(part) is not None), None)
         if at is None:
             out[path] = value
             continue
-        index = int(_PER_LAYER.match(path[at]).group(1))
+        index = layer_index(path[at])
         groups.setdefault(path[:at] + (STACKED,) + path[at + 1:], {})[index] = value
     for path, by_index in groups.items():
         if sorted(by_index) != list(range(len(by_index))):
