@@ -111,9 +111,11 @@ def group_learning_rates(train_config) -> dict[str, float]:
 
 def count_layers(paths) -> int:
     """Encoder layers in a tree given by its (path, leaf) pairs: the stacked leaves' leading axis, or
-    the number of layer_<n> modules (the unrolled layout)."""
+    the number of layer_<n> modules (the unrolled layout). Only the encoder's paths count."""
     count = 0
     for path, leaf in paths:
+        if path[0] != "encoder":
+            continue
         if STACKED in path:
             count = max(count, int(np.shape(leaf)[0]))
         for part in path:

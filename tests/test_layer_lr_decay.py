@@ -17,9 +17,11 @@ LAYERS = 3
 
 
 def params_and_grads(seed: int):
-    """Stacked params of a 3-layer tiny encoder + a head leaf, and random gradients of the same tree."""
+    """Stacked params of a 3-layer tiny encoder + head leaves, and random gradients of the same tree."""
     encoder = init_encoder_params(tiny_encoder(num_hidden_layers=LAYERS), jax.random.PRNGKey(seed))
-    params = {"encoder": encoder, "head": {"out": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros((2,))}}}
+    # a head module whose name looks like a layer's: it must count neither as a layer nor get decayed
+    params = {"encoder": encoder, "head": {"out": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros((2,))},
+                                           "layer_9": {"kernel": jnp.ones((2, 2))}}}
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed + 100), len(leaves))
     grads = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
