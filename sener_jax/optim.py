@@ -109,6 +109,11 @@ def group_learning_rates(train_config) -> dict[str, float]:
     return {"head": train_config.lr_head, "lora": train_config.lr_lora, "encoder": train_config.lr_encoder}
 
 
+def _unrolled_layer(path: tuple[str, ...]) -> int | None:
+    """n when `path` lies in a layer_<n> module (the unrolled layout), else None."""
+    return next((index for index in map(layer_index, path) if index is not None), None)
+
+
 def count_layers(paths) -> int:
     """Encoder layers in a tree given by its (path, leaf) pairs: the stacked leaves' leading axis, or
     the number of layer_<n> modules (the unrolled layout). Only the encoder's paths count."""
@@ -118,9 +123,9 @@ def count_layers(paths) -> int:
             continue
         if STACKED in path:
             count = max(count, int(np.shape(leaf)[0]))
-        for part in path:
-            if layer_index(part) is not None:
-                count = max(count, layer_index(part) + 1)
+        index = _unrolled_layer(path)
+        if index is not None:
+            count = max(count, index + 1)
     return count
 
 
@@ -134,7 +139,7 @@ def layer_lr_multiplier(path: tuple[str, ...], leaf, decay: float, num_layers: i
     if STACKED in path:
         depth = np.arange(1, num_layers + 1)
         return (decay ** (num_layers - depth)).reshape((num_layers,) + (1,) * (np.ndim(leaf) - 1)).astype(np.float32)
-    index = next((layer_index(part) for part in path if layer_index(part) is not None), None)
+    index = _unrolled_layer(path)
     depth = 0 if index is None else index + 1
     return float(decay ** (num_layers - depth))
 
