@@ -61,6 +61,8 @@ _STAGES = flags.DEFINE_list("stages", ["pretrain", "random", "pretrained", "repo
 _PRETRAIN_BATCH = flags.DEFINE_integer("pretrain_batch", _PRETRAIN_DEFAULT.pretrain.batch_size,
                                        "Pretraining batch (segments).")
 _PRETRAIN_LR = flags.DEFINE_float("pretrain_lr", _PRETRAIN_DEFAULT.pretrain.lr, "Pretraining peak learning rate.")
+_PRETRAIN_SEED = flags.DEFINE_integer("pretrain_seed", _PRETRAIN_DEFAULT.seed, "config.seed of pretraining (encoder "
+                                      "init, segment order, masking); `--seed` is the fine-tuning seed.")
 # Dropout draws random bits for every activation: on XLA:CPU that is ~37% of a pretraining step
 # (batch 16 x 512, 4 x 128: 12.0 s with dropout vs 7.5 s without, measured on 2 shared cores), and a
 # few epochs over a small corpus underfit rather than overfit.
@@ -124,6 +126,7 @@ def run_pretraining(workdir: pathlib.Path, splits: dict) -> dict:
     config.pretrain.max_steps = _PRETRAIN_STEPS.value
     config.pretrain.batch_size = _PRETRAIN_BATCH.value
     config.pretrain.lr = _PRETRAIN_LR.value
+    config.seed = _PRETRAIN_SEED.value
     config.pretrain.span_words = _SPAN_WORDS.value
     config.model.encoder.update(dict(hidden_dropout_prob=_PRETRAIN_DROPOUT.value,
                                      attention_probs_dropout_prob=_PRETRAIN_DROPOUT.value))
