@@ -86,6 +86,8 @@ _LR_ENCODER = flags.DEFINE_float("lr_encoder", 3e-4, "Fine-tuning peak LR of the
 _LAYER_LR_DECAY = flags.DEFINE_float(
     "layer_lr_decay", 1.0, "train.layer_lr_decay of both arms: layer k below the encoder's top trains at "
     "decay**k x lr_encoder, the embeddings at decay**4 (1.0: off, the paper's).")
+_REINIT = flags.DEFINE_integer("reinit_top_layers", 0, "model.reinit_top_layers of the PRETRAINED arm: its top "
+                                "layers start from random weights (the random arm's are random already).")
 _LR_HEAD = flags.DEFINE_float("lr_head", 3e-3, "Fine-tuning peak LR of the span head (both arms).")
 _MAX_SPAN_WORDS = flags.DEFINE_integer("max_span_words", 65, "Longest span the head scores (both arms).")
 # The paper's regularisation (whole-word masking 0.15, head MLP dropout 0.4, encoder dropout 0.1) is
@@ -142,6 +144,7 @@ def finetune_config(dataset: str, paths: dict, pretrained: str):
     small = pretrain_configs.get_config()
     config.model.encoder = small.model.encoder
     config.model.pretrained = pretrained
+    config.model.reinit_top_layers = _REINIT.value if pretrained else 0
     # No BiSPA block: on CPU one block multiplies the step time by ~10 (configs/demo.py); both arms alike.
     config.model.head.update(dict(biaffine_dim=64, channels=16, num_blocks=0, max_span_words=_MAX_SPAN_WORDS.value,
                                   mlp_dropout=_MLP_DROPOUT.value))
@@ -199,7 +202,7 @@ def finetune_arm(workdir: pathlib.Path, splits: dict, dataset: str, arm: str) ->
     results = train_and_evaluate(finetune_config(dataset, splits[dataset], pretrained), out)
     summary = {**summarise(results), "wall_s": time.perf_counter() - start, "positive_weight": _POSITIVE_WEIGHT.value,
                "epochs": _EPOCHS.value, "lr_encoder": _LR_ENCODER.value, "lr_head": _LR_HEAD.value,
-               "layer_lr_decay": _LAYER_LR_DECAY.value,
+               "layer_lr_decay": _LAYER_LR_DECAY.value, "reinit_top_layers": _REINIT.value if pretrained else 0,
                "max_span_words": _MAX_SPAN_WORDS.value, "mask_probability": _WWM.value,
                "mlp_dropout": _MLP_DROPOUT.value, "encoder_dropout": _ENCODER_DROPOUT.value, "seed": _SEED.value}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -77,6 +77,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Pretrained encoder: a Hugging Face name or directory (converted on the fly) or an Orbax
     # checkpoint written by sener_jax.convert. Empty: random initialisation (logged loudly).
     config.model.pretrained = ""
+    # Re-initialise this many of the pretrained encoder's top layers before fine-tuning (0: none, the
+    # paper). The layers nearest the output are the most specific to the pretraining objective.
+    config.model.reinit_top_layers = 0
     config.model.encoder = ml_collections.ConfigDict(dict(DEBERTA_V3_LARGE, **SENER_ENCODER))
     config.model.head = ml_collections.ConfigDict(
         dict(

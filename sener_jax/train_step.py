@@ -28,6 +28,7 @@ from sener_jax import distributed, optim
 from sener_jax.convert import load_pretrained_encoder, pretrained_encoder_config
 from sener_jax.losses import span_bce_loss
 from sener_jax.models.deberta import SENER_FIELDS, EncoderConfig
+from sener_jax.models.layer_stack import replace_top_layers
 from sener_jax.models.sener import SenerConfig, band_logits, init_params
 from sener_jax.band_layout import band_cell_mask, band_targets
 from sener_jax.models.span_head import SpanHeadConfig
@@ -75,13 +76,20 @@ def initial_params(config, model_config: SenerConfig, rng: jax.Array, *, trainin
     if not config.model.pretrained:
         if not training:
             return params
+        if config.model.get("reinit_top_layers", 0):
+            logger.info("model.reinit_top_layers has no effect: the whole encoder is random already")
         logger.warning(
             "model.pretrained is empty: the encoder starts from RANDOM weights (fine for the demo and "
             "tests; set --config.model.pretrained=microsoft/deberta-v3-large or a directory for real runs)"
         )
         return params
     logger.info("loading the pretrained encoder from %s", config.model.pretrained)
-    params["encoder"] = load_pretrained_encoder(config.model.pretrained, params["encoder"])
+    fresh = params["encoder"]
+    params["encoder"] = load_pretrained_encoder(config.model.pretrained, fresh)
+    reinit = config.model.get("reinit_top_layers", 0)
+    if reinit:
+        logger.info("re-initialising the top %d encoder layer(s) (model.reinit_top_layers)", reinit)
+        params["encoder"] = replace_top_layers(params["encoder"], fresh, reinit)
     return params
 
 

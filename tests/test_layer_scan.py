@@ -11,7 +11,9 @@ import pytest
 from sener_jax import convert
 from sener_jax.models.deberta import SENER_FIELDS, DebertaEncoder, EncoderConfig, init_encoder_params
 from sener_jax.models.encoder_config import REMAT_POLICIES, SenerSettings
-from sener_jax.models.layer_stack import stack_tree, unstack_tree
+from flax import traverse_util
+
+from sener_jax.models.layer_stack import replace_top_layers, stack_tree, unstack_tree
 from sener_jax.models.lora import merge_lora
 from tests.tiny_configs import tiny_encoder
 
@@ -78,3 +80,30 @@ def test_sener_fields_come_from_the_settings_dataclass_and_old_remat_bools_warn(
         assert any("deprecated" in str(w.message) for w in caught)
     with pytest.raises(ValueError, match="EncoderConfig.remat='everything'"):
         dataclasses.replace(BASE, remat="everything")
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_replace_top_layers_takes_exactly_the_top_layers_in_both_layouts(count):
+    params = _random(init_encoder_params(BASE, jax.random.PRNGKey(0)), seed=1)
+    fresh = _random(init_encoder_params(BASE, jax.random.PRNGKey(0)), seed=2)
+    stacked = replace_top_layers(params, fresh, count)
+    unrolled = replace_top_layers(unstack_tree(params), unstack_tree(fresh), count)
+    flat_unrolled = traverse_util.flatten_dict(unrolled)
+    for path, value in traverse_util.flatten_dict(unstack_tree(stacked)).items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_unrolled[path]))
+    source = {"params": traverse_util.flatten_dict(unstack_tree(params)),
+              "fresh": traverse_util.flatten_dict(unstack_tree(fresh))}
+    seen = set()
+    for path, value in flat_unrolled.items():
+        layer = next((int(p[len("layer_"):]) for p in path if p.startswith("layer_")), None)
+        origin = "fresh" if layer is not None and layer >= 3 - count else "params"
+        seen.add((origin, layer is None))
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(source[origin][path]))
+    assert ("params", True) in seen  # the embeddings stay
+    assert (("fresh", False) in seen) == (count > 0)
+
+
+def test_replace_top_layers_refuses_more_layers_than_the_encoder_has():
+    params = init_encoder_params(BASE, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="top 4 layers of an encoder with 3 layers"):
+        replace_top_layers(params, params, 4)

@@ -202,6 +202,28 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     assert (tmp_path / "ft" / "export").is_dir()
 
 
+def test_reinit_top_layers_restarts_only_the_top_layer(pretrained):
+    _, workdir, _ = pretrained
+    _, saved = convert.load_encoder(workdir / ENCODER_DIR)
+    config = demo.get_config("tiny")
+    config.model.pretrained = str(workdir / ENCODER_DIR)
+    config.model.reinit_top_layers = 1
+    run_config = train_step.model_config_from(config, 626, 7)
+    rng = jax.random.PRNGKey(0)
+    start = traverse_util.flatten_dict(train_step.initial_params(config, run_config, rng)["encoder"])
+    random = traverse_util.flatten_dict(train_step.init_params(run_config, rng)["encoder"])
+    flat_saved = traverse_util.flatten_dict(jax.device_get(saved))
+    layers = run_config.encoder.num_hidden_layers
+    for path, value in start.items():
+        if "layer" in path:  # stacked: the top row is fresh, the rows below are the pretrained ones
+            np.testing.assert_array_equal(np.asarray(value[-1]), np.asarray(random[path][-1]))
+            np.testing.assert_array_equal(np.asarray(value[: layers - 1]), np.asarray(flat_saved[path][: layers - 1]))
+        else:
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_saved[path]))
+    assert any("layer" in path and not np.array_equal(np.asarray(start[path][-1]), np.asarray(flat_saved[path][-1]))
+               for path in start)
+
+
 def test_pretrain_config_variants(shared_data):
     default, large = pretrain_configs.get_config(), pretrain_configs.get_config("large")
     # The default corpus: SciREX once, the two homepage datasets upsampled; every entry resolves.

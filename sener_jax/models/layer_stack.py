@@ -85,3 +85,28 @@ def unstack_tree(tree: Mapping) -> dict:
 
 def is_stacked(flat_paths) -> bool:
     return any(STACKED in path for path in flat_paths)
+
+
+def replace_top_layers(params: Mapping, fresh: Mapping, count: int) -> dict:
+    """`params` with the parameters of its top `count` encoder layers taken from `fresh` (the same
+    tree layout, stacked or unrolled): re-initialising the layers nearest the output, whose features
+    are the most specific to the pretraining objective (Zhang et al. 2021, "Revisiting few-sample
+    BERT fine-tuning"). Embeddings and every parameter outside a layer stay as in `params`."""
+    flat, flat_fresh = traverse_util.flatten_dict(dict(params)), traverse_util.flatten_dict(dict(fresh))
+    if set(flat) != set(flat_fresh):
+        raise ValueError("replace_top_layers: the two trees have different parameter paths")
+    if is_stacked(flat):
+        layers = max(int(np.shape(value)[0]) for path, value in flat.items() if STACKED in path)
+    else:
+        layers = 1 + max((index for path in flat for index in map(layer_index, path) if index is not None), default=-1)
+    if not 0 <= count <= layers:
+        raise ValueError(f"cannot re-initialise the top {count} layers of an encoder with {layers} layers")
+    first = layers - count
+    out = {}
+    for path, value in flat.items():
+        if STACKED in path:
+            out[path] = value.at[first:].set(flat_fresh[path][first:]) if count else value
+            continue
+        index = next((i for i in map(layer_index, path) if i is not None), None)
+        out[path] = flat_fresh[path] if index is not None and index >= first else value
+    return traverse_util.unflatten_dict(out)
