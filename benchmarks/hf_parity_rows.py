@@ -17,31 +17,26 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sener_jax.convert import load_hf_deberta  # noqa: E402
-from tests.deberta_helpers import HF_CONFIGS, build_hf_deberta, flax_hidden, hf_hidden, token_batch  # noqa: E402
-
-
-def row_maxima(out: np.ndarray, reference: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
-    diff = np.abs(out.astype(np.float64) - reference).max(-1)
-    return float(diff[valid].max()), float(diff[~valid].max())
+from tests.deberta_helpers import (  # noqa: E402
+    HF_CONFIGS, build_hf_deberta, flax_hidden, hf_hidden, row_max_abs_diff, token_batch,
+)
 
 
 def main() -> None:
     ids, mask = token_batch([640, 333, 1], 640, seed=2)
-    valid = mask.astype(bool)
     print("| config | ours vs transformers f32: valid / padding | ours vs transformers f64 | transformers f32 vs f64 |")
     print("|---|---:|---:|---:|")
     for name in sorted(HF_CONFIGS):
-        directory = pathlib.Path(tempfile.mkdtemp())
-        model = build_hf_deberta(name, directory)
-        config, params = load_hf_deberta(directory)
+        with tempfile.TemporaryDirectory() as directory:
+            model = build_hf_deberta(name, pathlib.Path(directory))
+            config, params = load_hf_deberta(pathlib.Path(directory))
         ours, theirs = flax_hidden(config, params, ids, mask), hf_hidden(model, ids, mask)
         with torch.no_grad():
             exact = model.double()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-        cells = [row_maxima(ours, theirs.astype(np.float64), valid), row_maxima(ours, exact, valid), row_maxima(theirs, exact, valid)]
+        cells = [row_max_abs_diff(ours, theirs, mask), row_max_abs_diff(ours, exact, mask), row_max_abs_diff(theirs, exact, mask)]
         print(f"| {name} | " + " | ".join(f"{v:.2g} / {p:.2g}" for v, p in cells) + " |")
 
 

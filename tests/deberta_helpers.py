@@ -84,6 +84,14 @@ def hf_hidden(model, ids, mask) -> np.ndarray:
         return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
 
 
+def row_max_abs_diff(out: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(valid, padding): the max abs difference over the hidden states of the real tokens and of the
+    padding positions (0.0 when there is none), computed in float64."""
+    diff = np.abs(np.asarray(out, np.float64) - np.asarray(reference, np.float64)).max(-1)
+    valid = np.asarray(mask).astype(bool)
+    return float(diff[valid].max()), float(diff[~valid].max()) if (~valid).any() else 0.0
+
+
 def flax_hidden(config: EncoderConfig, params, ids, mask) -> np.ndarray:
     out = DebertaEncoder(config).apply({"params": params}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
     return np.asarray(out)

@@ -15,7 +15,9 @@ from sener_jax.models.deberta import DebertaEncoder, EncoderConfig
 from sener_jax.models.disentangled_attention import log_bucket
 from sener_jax.models.lora import merge_lora
 from tests.tiny_configs import ODD_WIDTH, tiny_encoder
-from tests.deberta_helpers import HF_CONFIGS, build_hf_deberta, flax_hidden, hf_hidden, random_encoder_params, token_batch
+from tests.deberta_helpers import (
+    HF_CONFIGS, build_hf_deberta, flax_hidden, hf_hidden, random_encoder_params, row_max_abs_diff, token_batch,
+)
 
 TOLERANCE = 1e-5
 # Padding query rows ("full" keeps Hugging Face's treatment: each attends uniformly to all keys,
@@ -49,10 +51,7 @@ def test_hidden_states_match_hugging_face(name, tmp_path):
     # keeps Hugging Face's treatment of padding queries).
     for lengths, n, seed in [([1, 1], 1, 0), ([7, 3, 5], 7, 1), ([640, 333, 1], 640, 2)]:
         ids, mask = token_batch(lengths, n, seed)
-        diff = np.max(np.abs(flax_hidden(config, params, ids, mask) - hf_hidden(model, ids, mask)), axis=-1)
-        valid, padding = mask.astype(bool), ~mask.astype(bool)
-        valid_diff = float(diff[valid].max())
-        padding_diff = float(diff[padding].max()) if padding.any() else 0.0
+        valid_diff, padding_diff = row_max_abs_diff(flax_hidden(config, params, ids, mask), hf_hidden(model, ids, mask), mask)
         worst = max(worst, valid_diff)
         worst_padding = max(worst_padding, padding_diff)
         assert valid_diff <= TOLERANCE, f"{name}: lengths {lengths}: valid rows max abs diff {valid_diff:.3g}"
