@@ -19,7 +19,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,7 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from sener_jax.data import BatchIterator, label_set, load_tokenizer, read_documents, segment_documents  # noqa: E402
 from sener_jax.export import InferenceSettings  # noqa: E402

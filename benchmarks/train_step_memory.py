@@ -10,7 +10,6 @@ pretrained checkpoint is read (`model.pretrained` is ignored).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 

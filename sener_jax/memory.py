@@ -27,7 +27,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -35,7 +34,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sener_jax import memory_terms, optim, train_step
 from sener_jax.data import load_tokenizer
 from sener_jax.models.sener import SenerConfig, band_logits
-from sener_jax.models.span_head import SpanHeadConfig
 
 GIB = 1024**3
 MODES = ("train", "infer")

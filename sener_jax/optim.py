@@ -198,9 +198,17 @@ def make_optimizer(train_config, params: Params, total_steps: int) -> optax.Grad
     return optimizer
 
 
-def current_learning_rates(train_config, total_steps: int, update_step: int) -> dict[str, float]:
-    """The learning rate of each group at an optimizer update count (for logging)."""
-    return {
+def current_learning_rates(train_config, total_steps: int, update_step: int, num_layers: int = 0) -> dict[str, float]:
+    """The learning rate of each group at an optimizer update count (for logging).
+
+    Under `layer_lr_decay` the "encoder" rate is its TOP layer's; with `num_layers` > 0 the result then
+    also holds "encoder_embeddings", the rate of the embeddings (decay**num_layers of it), so that a log
+    does not read as if the whole encoder trained at the top layer's rate."""
+    rates = {
         group: float(learning_rate_schedule(lr, total_steps, train_config.warmup_fraction)(update_step))
         for group, lr in group_learning_rates(train_config).items()
     }
+    decay = train_config.get("layer_lr_decay", 1.0)
+    if decay != 1.0 and num_layers > 0:
+        rates["encoder_embeddings"] = rates["encoder"] * decay**num_layers
+    return rates

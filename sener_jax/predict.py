@@ -27,7 +27,7 @@ from sener_jax.data import (
 )
 from sener_jax.decode import decode_spans
 # InferenceSettings is defined with the export format; `sener_jax.predict.InferenceSettings` stays the same class.
-from sener_jax.export import InferenceSettings, export_digest, load_export, load_export_labels
+from sener_jax.export import InferenceSettings, export_digest, load_export
 from sener_jax.models.sener import SenerConfig, band_logits
 from sener_jax.prediction_io import (
     PredictionFileError,
@@ -39,7 +39,7 @@ from sener_jax.prediction_io import (
     text_error,
     write_predictions,
 )
-from sener_jax.render import check_report_path, report_path_for
+from sener_jax.render import check_report_path
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import json
 import logging
 import time
 
-import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm

@@ -112,12 +112,15 @@ def log_progress(ctx: LoopContext, window: LossWindow, step: int, bar) -> None:
     tconf = ctx.run.config.train
     loss = np.mean([float(x) for x in window.losses])
     tokens_per_s = window.tokens / max(time.perf_counter() - window.start, 1e-9)
-    rates = optim.current_learning_rates(tconf, ctx.run.total_updates, step // tconf.grad_accum_steps)
+    rates = optim.current_learning_rates(tconf, ctx.run.total_updates, step // tconf.grad_accum_steps,
+                                         num_layers=ctx.run.config.model.encoder.num_hidden_layers)
+    # under layer_lr_decay, "encoder" is the top layer's rate and the embeddings' one is logged beside it
+    groups = ctx.groups + (("encoder_embeddings",) if "encoder" in ctx.groups and "encoder_embeddings" in rates else ())
     ctx.writer.add_scalar("train/loss", loss, step)
     ctx.writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
-    for group in ctx.groups:
+    for group in groups:
         ctx.writer.add_scalar(f"train/lr_{group}", rates[group], step)
-    shown = ", ".join(f"lr {g} {rates[g]:.3g}" for g in ctx.groups)
+    shown = ", ".join(f"lr {g} {rates[g]:.3g}" for g in groups)
     logger.info("step %d: loss %.4f, %s, %.0f tokens/s", step, loss, shown, tokens_per_s)
     bar.set_postfix(loss=f"{loss:.4f}")
     window.reset()

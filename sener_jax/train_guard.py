@@ -58,7 +58,7 @@ def check_health(health: dict, tconf, step: int, checkpoint_hint) -> None:
     limit = int(tconf.get("max_consecutive_nonfinite", 10))
     longest = int(health["longest_run"])
     if policy == "stop" or longest >= limit:
-        why = (f"train.nonfinite='stop'" if policy == "stop"
+        why = ("train.nonfinite='stop'" if policy == "stop"
                else f"{longest} in a row >= train.max_consecutive_nonfinite={limit}")
         raise NonFiniteTrainingError(
             f"non-finite loss or gradient norm at step {first} (noticed at step {step}; {total} such steps, "

@@ -92,3 +92,18 @@ def test_decay_one_is_the_plain_optimizer_and_bad_values_name_the_field():
         config.layer_lr_decay = bad
         with pytest.raises(ValueError, match=r"train\.layer_lr_decay must be in \(0, 1\]"):
             optim.make_optimizer(config, params, 10)
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.5])
+def test_logged_rates_name_the_top_layer_and_the_embeddings(decay):
+    """Under decay the logged "encoder" rate is the top layer's; the embeddings' rate is logged beside
+    it (lr * decay**layers), so a log cannot read as if the whole encoder trained at the top rate."""
+    config = get_base_config().train
+    config.update(dict(finetune="full", lr_encoder=1e-3, lr_head=1e-2, warmup_fraction=0.0, layer_lr_decay=decay))
+    rates = optim.current_learning_rates(config, total_steps=10, update_step=5, num_layers=LAYERS)
+    np.testing.assert_allclose(rates["encoder"], 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(rates["head"], 5e-3, rtol=1e-6)
+    if decay == 1.0:
+        assert "encoder_embeddings" not in rates
+    else:
+        np.testing.assert_allclose(rates["encoder_embeddings"], 5e-4 * decay**LAYERS, rtol=1e-6)

@@ -8,12 +8,11 @@
   bytes are asserted (exact), its working-set terms being counts of the paper geometry's tensors.
 """
 import jax
-import numpy as np
 import pytest
 
 from configs.base import get_base_config, make_tiny
 from configs.scirex import get_config as scirex_config
-from sener_jax import memory, optim, train_step
+from sener_jax import memory, train_step
 
 NUM_TYPES = 3
 

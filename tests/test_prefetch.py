@@ -1,5 +1,4 @@
 """The prefetching iterator: same batches as the plain one, state = the next batch to train on."""
-import numpy as np
 import pytest
 
 from sener_jax.data import BatchIterator, SYNTHETIC_LABELS, generate_documents, load_tokenizer, segment_documents

@@ -1,5 +1,4 @@
 """The training step: 8-device mesh == 1 device; LoRA-only training; optimizer groups."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -28,7 +28,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sener_jax.models.torch_init import (
     torch_conv_kernel_init,

@@ -105,7 +105,6 @@ def banded_attention_xla(
     size, n_blocks, neighbours = _resolve_block(n, window, block)
     n_padded = n_blocks * size
     extra = n_padded - n
-    slots = (2 * neighbours + 1) * size
 
     q_blocks = _pad_axis(q, 2, 0, extra).reshape(batch, heads, n_blocks, size, dim)
     k_windows = _key_windows(_pad_axis(k, 2, 0, extra), size, n_blocks, neighbours)
