@@ -75,12 +75,30 @@ def worker(out: str, workdir: str) -> None:
     arrays = {"/".join(k): v for k, v in trainable.items()}
     arrays.update({"restored:" + "/".join(k): v for k, v in restored_trainable.items()})
     np.savez(out, **arrays)
+    stops = signal_agreement(config)
     pathlib.Path(out + ".json").write_text(json.dumps({
+        "stops": stops,
         "joined": joined, "process_index": jax.process_index(), "process_count": jax.process_count(),
         "losses": losses, "local_rows": local_rows, "global_devices": jax.device_count(),
         "step": int(distributed.replicated_to_host(restored["step"])),
         "max_change": max(float(np.abs(trainable[k] - initial[k]).max()) for k in trainable),
     }))
+
+
+def signal_agreement(config) -> list[int]:
+    """The steps among 1..2*sync at which the loop's stop check says "stop", when only the LAST
+    process received a signal (one process: it did). Multi-host, the check is a collective run every
+    `train.signal_sync_every_steps` steps, so a host that got no signal must stop at the same step."""
+    import types
+
+    import jax
+
+    from sener_jax import train
+
+    sync = int(config.train.get("signal_sync_every_steps", 10))
+    ctx = types.SimpleNamespace(run=types.SimpleNamespace(config=config))
+    signals = types.SimpleNamespace(received="SIGTERM" if jax.process_index() == jax.process_count() - 1 else None)
+    return [step for step in range(1, 2 * sync + 1) if train.stop_requested(ctx, signals, step)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +172,10 @@ def test_two_processes_train_like_one(tmp_path):
     assert info0["local_rows"] == info1["local_rows"] == [2] * STEPS
     assert info_ref["local_rows"] == [4] * STEPS
     assert info0["step"] == info1["step"] == STEPS
+    # Host 0 got no signal, host 1 did: both stop at the same synchronised steps; alone, at once.
+    sync = int(tiny_config().train.get("signal_sync_every_steps", 10))
+    assert info0["stops"] == info1["stops"] == [sync, 2 * sync]
+    assert info_ref["stops"] == list(range(1, 2 * sync + 1))
     np.testing.assert_allclose(info0["losses"], info_ref["losses"], rtol=1e-5)
     assert info0["losses"] == info1["losses"]
 
