@@ -210,5 +210,7 @@ def current_learning_rates(train_config, total_steps: int, update_step: int, num
     }
     decay = train_config.get("layer_lr_decay", 1.0)
     if decay != 1.0 and num_layers > 0:
-        rates["encoder_embeddings"] = rates["encoder"] * decay**num_layers
+        # the embeddings' factor from the optimizer's own rule (a path outside every layer)
+        rates["encoder_embeddings"] = rates["encoder"] * layer_lr_multiplier(("encoder", "embeddings"), None, decay,
+                                                                             num_layers)
     return rates
