@@ -20,7 +20,8 @@ Pretraining corpus: the text (labels ignored) of SciREX (all 250 documents) and 
 dev parts of Scholar-XL and Profiling-07 (by default never an evaluation part); `--task_text_repeat=N` reads
 those task parts N times per pass (`pretrain.files` entries `PATH@N`); `--pretrain_on_eval_text` adds
 the evaluation parts' text as well (transductive; their entities are dropped when read, as every
-corpus file's). One pretraining run serves both datasets.
+corpus file's). One pretraining run serves both datasets. `--pretrain_objective=rtd` pretrains with
+replaced-token detection (DeBERTa-v3's objective) instead of masked-LM.
 Fine-tuning: the encoder of `configs/pretrain.py` (4 x 128, DeBERTa-v3 tokenizer, arrow window
 64, LogN), full fine-tuning, the same budget (epochs, batch, learning rates, seed) for (a) random
 weights and (b) the pretrained encoder (`model.pretrained=WORKDIR/pretrain/encoder`).
@@ -78,6 +79,9 @@ _EVAL_TEXT = flags.DEFINE_bool(
 _SPAN_WORDS = flags.DEFINE_integer(
     "pretrain_span_words", _PRETRAIN_DEFAULT.pretrain.span_words, "pretrain.span_words: 1 masks single whole "
     "words; k > 1 masks spans of 1..k consecutive whole words (SpanBERT-style; same masking rate).")
+_OBJECTIVE = flags.DEFINE_enum(
+    "pretrain_objective", _PRETRAIN_DEFAULT.pretrain.objective, ["mlm", "rtd"], "pretrain.objective: masked-LM, "
+    "or DeBERTa-v3's replaced-token detection (a half-depth generator, the encoder as discriminator).")
 _POSITIVE_WEIGHT = flags.DEFINE_float("positive_weight", 10.0, "train.positive_weight of both arms (paper: 1.0; at 3.0, "
                                        "with the paper's regularisation, no arm predicted an entity in 4 epochs).")
 # Head LR: the demo's (configs/demo.py). Encoder LR 3e-4: better than 1.5e-3 for both arms (RESULTS.md).
@@ -130,6 +134,7 @@ def run_pretraining(workdir: pathlib.Path, splits: dict) -> dict:
     config.pretrain.lr = _PRETRAIN_LR.value
     config.seed = _PRETRAIN_SEED.value
     config.pretrain.span_words = _SPAN_WORDS.value
+    config.pretrain.objective = _OBJECTIVE.value
     config.model.encoder.update(dict(hidden_dropout_prob=_PRETRAIN_DROPOUT.value,
                                      attention_probs_dropout_prob=_PRETRAIN_DROPOUT.value))
     config.pretrain.log_every_steps = max(1, min(50, _PRETRAIN_STEPS.value // 10))
@@ -177,7 +182,9 @@ def markdown(report: dict) -> str:
     if pre is not None:
         lines = [f"pretraining: {pre['steps']} steps on {pre['segments']} segments, MLM softmax over "
                  f"{pre.get('output_vocab', 'all')} ids, probe MLM loss {pre['probe_loss_before']:.3f} -> "
-                 f"{pre['probe_loss_after']:.3f}, {pre['wall_s']:.0f} s",
+                 f"{pre['probe_loss_after']:.3f}"
+                 + (f" (the generator's), probe RTD loss {pre['probe_rtd_before']:.3f} -> {pre['probe_rtd_after']:.3f}"
+                    if "probe_rtd_after" in pre else "") + f", {pre['wall_s']:.0f} s",
                  "loss curve (step: loss): " + ", ".join(f"{s}: {l:.3f}" for s, l in pre["curve"]), ""]
     for dataset, arms in report["finetune"].items():
         labels = sorted({label for arm in ARMS if arm in arms for label in arms[arm]["per_type_f1"]})

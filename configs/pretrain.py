@@ -62,6 +62,14 @@ def pretrain_block() -> dict:
         # comma-separated paths or globs: .txt/.txt.gz (one document per file) or JSON lines; `PATTERN@N`
         # counts its documents N times per pass (upsampling the target domain, sener_jax/data/corpus.py)
         files=shared_texts(),
+        # "mlm": masked-language modelling; "rtd": replaced-token detection, DeBERTa-v3's objective (ELECTRA
+        # with gradient-disentangled embedding sharing, sener_jax/models/rtd.py): a generator of
+        # `generator_layers` layers (0: half the encoder's) fills the masked words by sampling, and the
+        # encoder learns to tell, for EVERY token, whether it was replaced; loss = generator MLM loss +
+        # rtd_weight x discriminator loss (50, as ELECTRA and DeBERTa-v3).
+        objective="mlm",
+        generator_layers=0,
+        rtd_weight=50.0,
         mask_probability=0.15,  # share of each segment's tokens predicted (taken as whole words)
         span_words=1,  # 1: single whole words; k > 1: spans of 1..k consecutive whole words
         mask_token=0.8,  # of the chosen tokens: replaced by [MASK] ...

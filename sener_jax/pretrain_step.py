@@ -2,6 +2,11 @@
 the optimizer and ONE jitted step over the "data" mesh axis (same layout as `train_step`: params
 replicated, batch sharded along rows, loss normalised by the GLOBAL number of predicted tokens).
 The loop around it is `sener_jax.pretrain`.
+
+Two objectives (`pretrain.objective`): "mlm", masked-language modelling with DeBERTa's tied head;
+"rtd", replaced-token detection with a small generator (ELECTRA / DeBERTa-v3, `models/rtd.py`), whose
+loss is the generator's MLM loss plus `pretrain.rtd_weight` times the discriminator's per-token loss.
+Both read the same masked batches.
 """
 from __future__ import annotations
 
@@ -25,10 +30,40 @@ from sener_jax.data.segment import segment_documents
 from sener_jax.data.tokenizer import load_tokenizer
 from sener_jax.models.deberta import EncoderConfig, init_encoder_params
 from sener_jax.models.mlm_head import init_mlm_head_params, mlm_logits, mlm_loss_sum
+from sener_jax.models.rtd import discriminator_encoder_params, generator_config, init_rtd_head_params, rtd_loss_sums
 from sener_jax.train_step import make_mesh, model_config_from
 
 STEP_KEYS = ("input_ids", "attention_mask", "mlm_positions", "mlm_targets", "mlm_weights")
 OUTPUT_VOCABS = ("corpus", "full")
+OBJECTIVES = ("mlm", "rtd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """`pretrain.objective` and, for "rtd", the generator's depth and the discriminator loss's weight."""
+    name: str = "mlm"
+    generator_layers: int = 0
+    rtd_weight: float = 0.0
+
+    @property
+    def is_rtd(self) -> bool:
+        return self.name == "rtd"
+
+
+def objective_of(config, encoder: EncoderConfig) -> Objective:
+    p = config.pretrain
+    name = p.get("objective", "mlm")
+    if name not in OBJECTIVES:
+        raise ValueError(f"pretrain.objective must be one of {OBJECTIVES}, got {name!r}")
+    if name == "mlm":
+        return Objective()
+    # 0: half the encoder's depth, DeBERTa-v3's generator (12 of large's 24 layers)
+    layers = p.get("generator_layers", 0) or max(1, encoder.num_hidden_layers // 2)
+    generator_config(encoder, layers)  # checks the depth
+    weight = float(p.get("rtd_weight", 50.0))
+    if weight <= 0:
+        raise ValueError(f"pretrain.rtd_weight must be > 0, got {weight}")
+    return Objective(name, int(layers), weight)
 
 
 @dataclasses.dataclass
@@ -42,6 +77,7 @@ class PretrainSetup:
     iterator: BatchIterator
     total_steps: int
     output_ids: np.ndarray | None = None  # the MLM softmax's token ids; None: the whole vocabulary
+    objective: Objective = Objective()
 
     @property
     def fingerprint(self) -> dict:
@@ -50,7 +86,9 @@ class PretrainSetup:
         return {"encoder": self.encoder.to_dict(), "spec": dataclasses.asdict(self.spec),
                 "segments": len(self.iterator.segments), "batch_size": p.batch_size, "total_steps": self.total_steps,
                 "lr": p.lr, "warmup_fraction": p.warmup_fraction, "seed": self.config.seed,
-                "output_vocab": None if self.output_ids is None else int(len(self.output_ids))}
+                "output_vocab": None if self.output_ids is None else int(len(self.output_ids)),
+                # only RTD runs carry the key, so MLM checkpoints written before it still resume
+                **({"objective": dataclasses.asdict(self.objective)} if self.objective.is_rtd else {})}
 
 
 def encoder_config_of(config, vocab_size: int) -> EncoderConfig:
@@ -109,7 +147,7 @@ def prepare_pretraining(config, workdir) -> PretrainSetup:
     total = p.max_steps if p.max_steps > 0 else p.num_epochs * len(iterator)
     return PretrainSetup(config, pathlib.Path(workdir).absolute(), make_mesh(), tokenizer, encoder,
                          mlm_spec_of(config, tokenizer, encoder), iterator, int(total),
-                         output_ids_of(config, segments))
+                         output_ids_of(config, segments), objective_of(config, encoder))
 
 
 def host_arrays(setup: PretrainSetup, batch, seed_parts) -> dict:
@@ -124,9 +162,13 @@ def host_arrays(setup: PretrainSetup, batch, seed_parts) -> dict:
 
 def initial_params(config, encoder: EncoderConfig, rng: jax.Array) -> dict:
     """{"encoder", "head"}: random, or the encoder of `model.pretrained` (HF or converted) with a
-    fresh MLM head (a checkpoint's own head is not needed)."""
+    fresh MLM head (a checkpoint's own head is not needed); for RTD the head also holds a fresh
+    generator, whose word embeddings are the encoder's (`models/rtd.py`)."""
     enc_key, head_key = jax.random.split(rng)
-    params = {"encoder": init_encoder_params(encoder, enc_key), "head": init_mlm_head_params(encoder, head_key)}
+    objective = objective_of(config, encoder)
+    head = (init_rtd_head_params(encoder, objective.generator_layers, head_key) if objective.is_rtd
+            else init_mlm_head_params(encoder, head_key))
+    params = {"encoder": init_encoder_params(encoder, enc_key), "head": head}
     if config.model.pretrained:
         params["encoder"] = load_pretrained_encoder(config.model.pretrained, params["encoder"])
     return params
@@ -158,43 +200,75 @@ def create_state(setup: PretrainSetup):
     return initial_state(setup.config, setup.encoder, setup.total_steps)
 
 
+SAMPLE_TAG = 7  # folded into RTD's per-step key so the generator's samples and dropout never share bits
+
+
+def objective_sums(encoder: EncoderConfig, objective: Objective, params: dict, batch: dict, key: jax.Array, *,
+                   output_ids=None, deterministic: bool = True) -> dict:
+    """This device's loss sums: {"mlm", "predicted"} and, for RTD, `rtd_loss_sums`' "rtd", "tokens",
+    "replaced", "correct" (the MLM terms are then the generator's)."""
+    rngs = None if deterministic else {"dropout": key}
+    if objective.is_rtd:
+        sums = rtd_loss_sums(encoder, objective.generator_layers, params, batch, jax.random.fold_in(key, SAMPLE_TAG),
+                             output_ids=output_ids, deterministic=deterministic, rngs=rngs)
+    else:
+        logits = mlm_logits(encoder, params, batch["input_ids"], batch["attention_mask"], batch["mlm_positions"],
+                            output_ids=output_ids, deterministic=deterministic, rngs=rngs)
+        sums = {"mlm": mlm_loss_sum(logits, batch["mlm_targets"], batch["mlm_weights"])}
+    return {**sums, "predicted": jnp.sum(batch["mlm_weights"])}
+
+
 def make_pretrain_step(encoder: EncoderConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                       output_ids: np.ndarray | None = None, deterministic: bool = False):
-    """One jitted (state, batch) -> (state, {"loss", "grad_norm", "predicted"}); state donated.
-    `output_ids`: the MLM softmax's ids (batch targets index into it), None for the whole vocabulary."""
+                       output_ids: np.ndarray | None = None, deterministic: bool = False,
+                       objective: Objective = Objective()):
+    """One jitted (state, batch) -> (state, {"loss", "grad_norm", "predicted", "mlm_loss"[, "rtd_loss",
+    "rtd_accuracy", "replaced"]}); state donated. `output_ids`: the MLM softmax's ids (batch targets
+    index into it), None for the whole vocabulary. RTD's loss: generator MLM loss (per predicted
+    token) + `rtd_weight` x discriminator loss (per real token), both over the global batch."""
 
     def device_grads(params, batch, rng, step):
         key = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index("data"))
-        total = jnp.maximum(jax.lax.psum(jnp.sum(batch["mlm_weights"]), "data"), 1.0)
+        predicted = jnp.maximum(jax.lax.psum(jnp.sum(batch["mlm_weights"]), "data"), 1.0)
+        tokens = jnp.maximum(jax.lax.psum(jnp.sum(batch["attention_mask"].astype(jnp.float32)), "data"), 1.0)
 
         def loss_fn(p):
-            logits = mlm_logits(encoder, p, batch["input_ids"], batch["attention_mask"], batch["mlm_positions"],
-                                output_ids=output_ids, deterministic=deterministic, rngs=None if deterministic else {"dropout": key})
-            return mlm_loss_sum(logits, batch["mlm_targets"], batch["mlm_weights"]) / total
+            sums = objective_sums(encoder, objective, p, batch, key, output_ids=output_ids, deterministic=deterministic)
+            terms = {"mlm_loss": sums["mlm"] / predicted}
+            if objective.is_rtd:
+                terms.update(rtd_loss=sums["rtd"] / tokens, rtd_accuracy=sums["correct"] / tokens,
+                             replaced=sums["replaced"] / predicted)
+            loss = terms["mlm_loss"] + (objective.rtd_weight * terms["rtd_loss"] if objective.is_rtd else 0.0)
+            return loss, terms
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         # As in train_step: the gradient w.r.t. the replicated params is already summed over "data".
-        return jax.lax.psum(loss, "data"), grads, total
+        return jax.lax.psum(loss, "data"), grads, predicted, jax.lax.psum(terms, "data")
 
-    sharded = jax.shard_map(device_grads, mesh=mesh, in_specs=(P(), P("data"), P(), P()), out_specs=(P(), P(), P()))
+    sharded = jax.shard_map(device_grads, mesh=mesh, in_specs=(P(), P("data"), P(), P()),
+                            out_specs=(P(), P(), P(), P()))
 
     def step(state, batch):
-        loss, grads, total = sharded(state["params"], batch, state["rng"], state["step"])
+        loss, grads, predicted, terms = sharded(state["params"], batch, state["rng"], state["step"])
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                      "opt_state": opt_state, "rng": state["rng"]}
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "predicted": total}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "predicted": predicted, **terms}
 
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_loss(encoder: EncoderConfig, mesh: Mesh, output_ids: np.ndarray | None = None):
-    """Jitted (params, batch) -> (loss sum, predicted tokens), no dropout: a fixed held-in probe."""
+def make_eval_loss(encoder: EncoderConfig, mesh: Mesh, output_ids: np.ndarray | None = None,
+                   objective: Objective = Objective()):
+    """Jitted (params, batch) -> global sums (`objective_sums`), no dropout: a fixed held-in probe.
+    RTD's generator samples come from a fixed key, so the same params give the same sums."""
 
-    def device_loss(params, batch):
-        logits = mlm_logits(encoder, params, batch["input_ids"], batch["attention_mask"], batch["mlm_positions"],
-                            output_ids=output_ids)
-        return (jax.lax.psum(mlm_loss_sum(logits, batch["mlm_targets"], batch["mlm_weights"]), "data"),
-                jax.lax.psum(jnp.sum(batch["mlm_weights"]), "data"))
+    def device_sums(params, batch):
+        key = jax.random.fold_in(jax.random.PRNGKey(0), jax.lax.axis_index("data"))
+        return jax.lax.psum(objective_sums(encoder, objective, params, batch, key, output_ids=output_ids), "data")
 
-    return jax.jit(jax.shard_map(device_loss, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())))
+    return jax.jit(jax.shard_map(device_sums, mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+
+
+def saved_encoder_params(params: dict, objective: Objective) -> dict:
+    """The encoder that `WORKDIR/encoder` receives: the MLM encoder, or RTD's discriminator."""
+    return discriminator_encoder_params(params) if objective.is_rtd else params["encoder"]
