@@ -133,8 +133,10 @@ def rtd_loss_sums(config: EncoderConfig, generator_layers: int, params: dict, ba
     when given. `key` draws the generator's samples (no gradient flows through them)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     positions, targets, weights = (batch["mlm_positions"].astype(jnp.int32), batch["mlm_targets"], batch["mlm_weights"])
+    # the generator's dropout masks must not repeat the discriminator's (same module names, same stream)
+    generator_rngs = None if rngs is None else {name: jax.random.fold_in(k, 1) for name, k in rngs.items()}
     gen_logits = mlm_logits(generator_config(config, generator_layers), generator_params(params), ids, mask, positions,
-                            output_ids=output_ids, deterministic=deterministic, rngs=rngs)
+                            output_ids=output_ids, deterministic=deterministic, rngs=generator_rngs)
     columns = sample_columns(jax.lax.stop_gradient(gen_logits), jax.random.uniform(key, positions.shape))
     corrupted, labels = corrupt_with_samples(ids, positions, targets, weights, columns, output_ids)
     hidden = DebertaEncoder(config).apply({"params": discriminator_encoder_params(params)}, corrupted, mask,
