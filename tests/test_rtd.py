@@ -100,10 +100,11 @@ def test_embeddings_are_shared_the_deberta_v3_way():
     config, params, batch = rtd_params_and_batch()
     key = jax.random.PRNGKey(3)
 
-    def grads_of(term):
-        return jax.grad(lambda p: rtd_loss_sums(config, 1, p, batch, key)[term])(params)
+    @jax.jit  # one compile for both gradients: op-by-op autodiff of the two encoders is far slower
+    def grads(p):
+        return tuple(jax.grad(lambda q, t=term: rtd_loss_sums(config, 1, q, batch, key)[t])(p) for term in ("mlm", "rtd"))
 
-    mlm, rtd = grads_of("mlm"), grads_of("rtd")
+    mlm, rtd = grads(params)
     norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))  # noqa: E731
     word = lambda encoder: encoder["embeddings"]["word_embeddings"]["embedding"]  # noqa: E731
     assert norm(word(mlm["encoder"])) > 0 and norm(mlm["head"]["embedding_delta"]) == 0
