@@ -229,7 +229,8 @@ def make_pretrain_step(encoder: EncoderConfig, optimizer: optax.GradientTransfor
     def device_grads(params, batch, rng, step):
         key = jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index("data"))
         predicted = jnp.maximum(jax.lax.psum(jnp.sum(batch["mlm_weights"]), "data"), 1.0)
-        tokens = jnp.maximum(jax.lax.psum(jnp.sum(batch["attention_mask"].astype(jnp.float32)), "data"), 1.0)
+        if objective.is_rtd:  # the discriminator's loss is per real token of the global batch
+            tokens = jnp.maximum(jax.lax.psum(jnp.sum(batch["attention_mask"].astype(jnp.float32)), "data"), 1.0)
 
         def loss_fn(p):
             sums = objective_sums(encoder, objective, p, batch, key, output_ids=output_ids, deterministic=deterministic)

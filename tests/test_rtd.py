@@ -17,6 +17,7 @@ from sener_jax.models.rtd import (
     rtd_loss_sums,
     sample_columns,
 )
+from sener_jax.models.mlm_head import word_embeddings
 from sener_jax.pretrain import ENCODER_DIR, pretrain
 from sener_jax.pretrain_step import objective_of, saved_encoder_params
 
@@ -106,7 +107,7 @@ def test_embeddings_are_shared_the_deberta_v3_way():
 
     mlm, rtd = grads(params)
     norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))  # noqa: E731
-    word = lambda encoder: encoder["embeddings"]["word_embeddings"]["embedding"]  # noqa: E731
+    word = word_embeddings
     assert norm(word(mlm["encoder"])) > 0 and norm(mlm["head"]["embedding_delta"]) == 0
     assert norm(word(rtd["encoder"])) == 0 and norm(rtd["head"]["embedding_delta"]) > 0
     assert norm(rtd["head"]["generator"]) == 0 and norm(rtd["head"]["transform"]) == 0  # samples carry no gradient

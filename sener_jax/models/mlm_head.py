@@ -34,6 +34,11 @@ def init_mlm_head_params(config: EncoderConfig, rng: jax.Array) -> dict:
     return {"transform": transform, "bias": jnp.zeros((config.vocab_size,), jnp.float32)}
 
 
+def word_embeddings(encoder_params: dict) -> jax.Array:
+    """The encoder's word-embedding matrix (vocab, width): the MLM decoder's tied weight."""
+    return encoder_params["embeddings"]["word_embeddings"]["embedding"]
+
+
 def mlm_logits(config: EncoderConfig, params: dict, input_ids, attention_mask, positions, *,
                output_ids=None, deterministic: bool = True, rngs=None) -> jax.Array:
     """(B, P, V) float32 logits at token `positions` (B, P) of the encoded batch: V = vocab, or
@@ -46,7 +51,7 @@ def mlm_logits(config: EncoderConfig, params: dict, input_ids, attention_mask, p
                                           deterministic=deterministic, rngs=rngs)
     gathered = jnp.take_along_axis(hidden.astype(jnp.float32), positions[..., None].astype(jnp.int32), axis=1)
     transformed = MlmTransform(config).apply({"params": params["head"]["transform"]}, gathered)
-    embedding = params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+    embedding = word_embeddings(params["encoder"])
     bias = params["head"]["bias"]
     if output_ids is not None:
         ids = jnp.asarray(output_ids, jnp.int32)

@@ -31,9 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from sener_jax.models.deberta import ACTIVATIONS, DebertaEncoder, EncoderConfig, init_encoder_params
-from sener_jax.models.mlm_head import init_mlm_head_params, mlm_logits, mlm_loss_sum
-
-WORD_EMBEDDINGS = ("embeddings", "word_embeddings", "embedding")
+from sener_jax.models.mlm_head import init_mlm_head_params, mlm_logits, mlm_loss_sum, word_embeddings
 
 
 class DiscriminatorHead(nn.Module):
@@ -54,10 +52,6 @@ def generator_config(config: EncoderConfig, layers: int) -> EncoderConfig:
         raise ValueError(f"pretrain.generator_layers must be in 1..{config.num_hidden_layers} (the encoder's "
                          f"depth), got {layers}")
     return dataclasses.replace(config, num_hidden_layers=layers)
-
-
-def word_embeddings(encoder_params: dict) -> jax.Array:
-    return encoder_params["embeddings"]["word_embeddings"]["embedding"]
 
 
 def with_word_embeddings(encoder_params: dict, embedding: jax.Array) -> dict:
