@@ -107,15 +107,15 @@ def test_embeddings_are_shared_the_deberta_v3_way():
 
     mlm, rtd = grads(params)
     norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))  # noqa: E731
-    word = word_embeddings
-    assert norm(word(mlm["encoder"])) > 0 and norm(mlm["head"]["embedding_delta"]) == 0
-    assert norm(word(rtd["encoder"])) == 0 and norm(rtd["head"]["embedding_delta"]) > 0
+    assert norm(word_embeddings(mlm["encoder"])) > 0 and norm(mlm["head"]["embedding_delta"]) == 0
+    assert norm(word_embeddings(rtd["encoder"])) == 0 and norm(rtd["head"]["embedding_delta"]) > 0
     assert norm(rtd["head"]["generator"]) == 0 and norm(rtd["head"]["transform"]) == 0  # samples carry no gradient
     assert norm(mlm["encoder"]["encoder"]) == 0 and norm(mlm["head"]["discriminator"]) == 0
     saved = saved_encoder_params(params, rtd_objective(config))
-    np.testing.assert_array_equal(np.asarray(word(saved)),
-                                  np.asarray(word(params["encoder"]) + params["head"]["embedding_delta"]))
-    np.testing.assert_array_equal(np.asarray(word(discriminator_encoder_params(params))), np.asarray(word(saved)))
+    np.testing.assert_array_equal(np.asarray(word_embeddings(saved)),
+                                  np.asarray(word_embeddings(params["encoder"]) + params["head"]["embedding_delta"]))
+    np.testing.assert_array_equal(np.asarray(word_embeddings(discriminator_encoder_params(params))),
+                                  np.asarray(word_embeddings(saved)))
 
 
 def rtd_objective(encoder, **values):
@@ -154,5 +154,4 @@ def test_rtd_pretraining_learns_and_writes_the_discriminator(tmp_path):
     finetune = demo.get_config("tiny")
     finetune.model.pretrained = str(tmp_path / "run" / ENCODER_DIR)
     start = train_step.initial_params(finetune, train_step.model_config_from(finetune, 626, 7), jax.random.PRNGKey(0))
-    np.testing.assert_array_equal(np.asarray(start["encoder"]["embeddings"]["word_embeddings"]["embedding"]),
-                                  np.asarray(saved["embeddings"]["word_embeddings"]["embedding"]))
+    np.testing.assert_array_equal(np.asarray(word_embeddings(start["encoder"])), np.asarray(word_embeddings(saved)))
