@@ -108,7 +108,9 @@ def test_remat_gives_identical_outputs_and_gradients():
     value, grads = grad_fn(TINY)(params)
     value_remat, grads_remat = grad_fn(dataclasses.replace(TINY, remat="layer"))(params)
     np.testing.assert_allclose(value_remat, value, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_remat, grads)
+    # Identical up to float32 reassociation: 4e-6 on gradients of ~0.2 where the tests' lower LLVM
+    # level (tests/conftest.py) vectorises the recomputed forward differently.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads_remat, grads)
 
 
 def test_bfloat16_compute_runs_and_stays_close():

@@ -1,6 +1,7 @@
 """Scanned encoder layers (nn.scan, stacked params) with each remat policy == the unrolled reference;
 the stacked <-> per-layer params views; old (unrolled) exports still load."""
 import dataclasses
+import functools
 import warnings
 
 import jax
@@ -22,11 +23,17 @@ IDS = jnp.asarray(np.random.default_rng(0).integers(1, 50, (2, 14)), jnp.int32)
 MASK = jnp.asarray(np.arange(14)[None] < np.array([[14], [9]]), jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _random(params, seed=1):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape) + (x if x.ndim == 2 else 0)
                                      for k, x in zip(keys, leaves)])
+
+
+def _forward(config, params):
+    # Jitted: an eager Flax apply dispatches (and compiles) op by op, most of these tests' time.
+    return jax.jit(lambda p: DebertaEncoder(config).apply({"params": p}, IDS, MASK))(params)
 
 
 def _value_and_grad(config, params):
@@ -46,8 +53,8 @@ def test_scanned_remat_encoder_matches_unrolled_reference(remat):
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     ref_grads = stack_tree(ref_grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads, ref_grads)
-    out = DebertaEncoder(config).apply({"params": params}, IDS, MASK)
-    ref_out = DebertaEncoder(reference).apply({"params": unstack_tree(params)}, IDS, MASK)
+    out = _forward(config, params)
+    ref_out = _forward(reference, unstack_tree(params))
     np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
 
 
@@ -56,8 +63,7 @@ def test_stacked_lora_merge_matches_per_layer_merge():
     merged, merged_config = merge_lora(params, BASE)
     per_layer, _ = merge_lora(unstack_tree(params), dataclasses.replace(BASE, scan_layers=False))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), unstack_tree(merged), per_layer)
-    out = DebertaEncoder(merged_config).apply({"params": merged}, IDS, MASK)
-    np.testing.assert_allclose(out, DebertaEncoder(BASE).apply({"params": params}, IDS, MASK), atol=1e-5)
+    np.testing.assert_allclose(_forward(merged_config, merged), _forward(BASE, params), atol=1e-5)
 
 
 def test_old_unrolled_export_loads_into_the_stacked_layout(tmp_path):

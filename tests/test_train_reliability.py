@@ -105,8 +105,8 @@ def test_sigterm_checkpoints_the_current_step_exits_75_and_the_rerun_resumes_exa
              "--config.train.checkpoint_every_steps=0", "--config.eval.threshold=0.2"]
     workdir = tmp_path / "signalled"
     command = [sys.executable, "-m", "sener_jax.main", "--config=configs/demo.py:tiny", f"--workdir={workdir}", *flags]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # The session's compilation cache (JAX_COMPILATION_CACHE_DIR, tests/conftest.py) is inherited.
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = tmp_path / "first.log"
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
