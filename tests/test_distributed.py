@@ -114,8 +114,11 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENER_") and k != "XLA_FLAGS"}
-    # LLVM level 0 as in tests/conftest.py: the same compile saving in the subprocesses.
-    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    # The session's other XLA flags (tests/conftest.py's LLVM level, or the caller's) carry over;
+    # only the device count is this process's own.
+    inherited = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                 if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = " ".join([f"--xla_force_host_platform_device_count={devices}", *inherited])
     env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
     return env
 

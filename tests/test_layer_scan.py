@@ -31,13 +31,17 @@ def _random(params, seed=1):
                                      for k, x in zip(keys, leaves)])
 
 
+def _encode(config, params):
+    return DebertaEncoder(config).apply({"params": params}, IDS, MASK)
+
+
 def _forward(config, params):
     # Jitted: an eager Flax apply dispatches (and compiles) op by op, most of these tests' time.
-    return jax.jit(lambda p: DebertaEncoder(config).apply({"params": p}, IDS, MASK))(params)
+    return jax.jit(functools.partial(_encode, config))(params)
 
 
 def _value_and_grad(config, params):
-    loss = lambda p: jnp.sum(jnp.sin(DebertaEncoder(config).apply({"params": p}, IDS, MASK)))  # noqa: E731
+    loss = lambda p: jnp.sum(jnp.sin(_encode(config, p)))  # noqa: E731
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
