@@ -7,7 +7,7 @@ For each labelled file, the band logits of every batch are computed ONCE and dec
 (a cache keyed on the batch's input arrays), through the same `evaluate_split` as training's evaluation, so
 the 0.5 column reproduces the run's eval_<split>.json. With a split named `dev`, the threshold with the best
 dev F1 is reported with the other splits' F1 at it: the choice a user could make without the evaluation labels.
-Output: one JSON line per export on stdout ({"export", "f1": {split: {threshold: F1}}, "dev_pick"}).
+Output: one JSON line per export on stdout ({"export", "f1": {split: {threshold: F1}}, "forwards", "dev_pick"}).
 """
 from __future__ import annotations
 
@@ -46,20 +46,20 @@ def cached_logits(logits_fn):
     return run, cache
 
 
-def sweep(export_dir: str, splits: dict[str, str], thresholds: list[float], batch_size: int) -> dict:
-    exported = load_export(export_dir)
-    f1 = {}
-    for name, path in splits.items():
-        documents = read_documents(path)
+def sweep(exported, documents: dict[str, list], thresholds: list[float], batch_size: int) -> dict:
+    """{"f1": {split: {threshold: micro F1}}, "forwards": {split: batches run}, "dev_pick": ...} for one export."""
+    f1, forwards = {}, {}
+    for name, docs in documents.items():
         logits_fn, cache = cached_logits(make_logits_fn(exported.model_config))
         f1[name] = {}
         for threshold in thresholds:
             settings = dataclasses.replace(exported.settings, threshold=threshold)
-            results = evaluate_split(logits_fn, exported.params, documents, exported.tokenizer, exported.labels,
+            results = evaluate_split(logits_fn, exported.params, docs, exported.tokenizer, exported.labels,
                                      settings, exported.model_config, batch_size=batch_size, split=name)
             f1[name][threshold] = results["micro"]["f1"]
+        forwards[name] = len(cache)
         cache.clear()  # band logits of a split: hundreds of MB at most; freed before the next split
-    out = {"export": export_dir, "f1": f1}
+    out = {"f1": f1, "forwards": forwards}
     if "dev" in f1:
         pick = max(thresholds, key=lambda t: (f1["dev"][t], -abs(t - 0.5)))  # ties: the one nearer the default
         out["dev_pick"] = {"threshold": pick, **{name: f1[name][pick] for name in f1}}
@@ -78,8 +78,10 @@ def main(argv):
     bad = [t for t in thresholds if not 0.0 < t < 1.0]
     if bad:
         raise SystemExit(f"--thresholds must lie in (0, 1) (sigmoid scores), got {bad}")
+    documents = {name: read_documents(path) for name, path in splits.items()}
     for export_dir in _EXPORTS.value:
-        print(json.dumps(sweep(export_dir, splits, thresholds, _BATCH.value)), flush=True)
+        result = sweep(load_export(export_dir), documents, thresholds, _BATCH.value)
+        print(json.dumps({"export": export_dir, **result}), flush=True)
 
 
 if __name__ == "__main__":

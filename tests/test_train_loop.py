@@ -24,6 +24,8 @@ from sener_jax.models.sener import init_params
 from sener_jax.run_setup import prepare_run
 from sener_jax.data import word_span_to_chars
 from sener_jax.models.lora import is_lora_path
+from sener_jax.evaluate import evaluate_split
+from sener_jax.export import load_export
 from sener_jax.predict import Extractor, make_logits_fn, predict_documents, predict_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -204,3 +206,32 @@ def test_pretrained_encoder_is_loaded_and_lora_stays_fresh(tmp_path):
         np.testing.assert_array_equal(loaded[path], value)
     lora_b = [v for p, v in loaded.items() if p[-1] == "lora_b"]
     assert lora_b and all(np.all(np.asarray(v) == 0) for v in lora_b)
+
+
+def test_threshold_sweep_runs_each_batch_once_and_matches_plain_evaluation(demo_run):
+    """benchmarks/threshold_sweep.py decodes cached logits at several thresholds: each must equal a plain,
+    uncached evaluation at that threshold, and the 0.2 column the training run's own dev F1."""
+    import importlib.util
+    config, workdir, results = demo_run
+    spec = importlib.util.spec_from_file_location("threshold_sweep", REPO / "benchmarks" / "threshold_sweep.py")
+    threshold_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(threshold_sweep)
+    exported = load_export(workdir / "export")
+    documents = prepare_run(config, workdir).data.splits["dev"]
+    thresholds = [0.1, 0.2, 0.6]
+    swept = threshold_sweep.sweep(exported, {"dev": documents}, thresholds, batch_size=config.eval.batch_size)
+    assert swept["f1"]["dev"][0.2] == results["dev"]["micro"]["f1"]
+    base_fn, calls = make_logits_fn(exported.model_config), []
+
+    def plain_fn(params, arrays):
+        calls.append(1)
+        return base_fn(params, arrays)
+
+    for threshold in thresholds:
+        plain = evaluate_split(plain_fn, exported.params, documents, exported.tokenizer, exported.labels,
+                               dataclasses.replace(exported.settings, threshold=threshold), exported.model_config,
+                               batch_size=config.eval.batch_size, split="dev")
+        assert swept["f1"]["dev"][threshold] == plain["micro"]["f1"], threshold
+    # one forward per batch for the whole grid, where the plain evaluations ran one per batch per threshold
+    assert swept["forwards"]["dev"] * len(thresholds) == len(calls) > 0
+    assert swept["dev_pick"]["threshold"] in thresholds
