@@ -38,7 +38,11 @@ def cached_logits(logits_fn):
     cache = {}
 
     def run(params, arrays):
-        key = hashlib.sha256(b"".join(np.ascontiguousarray(arrays[k]).tobytes() for k in MODEL_INPUTS)).digest()
+        digest = hashlib.sha256()
+        for k in MODEL_INPUTS:  # shapes too: two buckets must not share a key through equal bytes
+            digest.update(repr(np.shape(arrays[k])).encode())
+            digest.update(np.ascontiguousarray(arrays[k]).tobytes())
+        key = digest.digest()
         if key not in cache:
             cache[key] = logits_fn(params, arrays)
         return cache[key]
