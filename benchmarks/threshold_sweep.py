@@ -53,8 +53,9 @@ def cached_logits(logits_fn):
 def sweep(exported, documents: dict[str, list], thresholds: list[float], batch_size: int) -> dict:
     """{"f1": {split: {threshold: micro F1}}, "forwards": {split: batches run}, "dev_pick": ...} for one export."""
     f1, forwards = {}, {}
+    model_logits = make_logits_fn(exported.model_config)  # one jitted function: splits of one shape compile once
     for name, docs in documents.items():
-        logits_fn, cache = cached_logits(make_logits_fn(exported.model_config))
+        logits_fn, cache = cached_logits(model_logits)
         f1[name] = {}
         for threshold in thresholds:
             settings = dataclasses.replace(exported.settings, threshold=threshold)
